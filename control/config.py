@@ -109,6 +109,12 @@ class RedisConfig(_Section):
 class StateConfig(_Section):
     sqlite_path: str = "./microsandbox-state.db"
     compression_threshold: int = Field(1024, ge=0, description="bytes; 0 = never compress")
+    # How long a call waits for its actor's state lock (held by another call of the
+    # same actor) before failing with state_error; keep it below sandbox.call_timeout.
+    lock_timeout: float = Field(20.0, gt=0, le=600)
+    # Lease of the Redis lock, refreshed every third of it while held; a crashed
+    # holder's lock frees itself after this long.
+    lock_ttl: float = Field(10.0, ge=1, le=600)
 
 
 class ScriptsConfig(_Section):

@@ -1,0 +1,345 @@
+"""RPC benchmark: prints a table of figures (not a test; nothing here asserts a speed).
+
+    .venv/bin/python bench/rpc_bench.py [--duration 10] [--calls 2000] [--connections 32]
+
+What it measures, with the server started as a subprocess (``reflow-microsandbox
+serve``, bubblewrap sandboxes, state in a private redis-server):
+
+1. Warm ``process`` round trip over one WebSocket (p50/p99), against a bare
+   ``websockets`` echo server (also a subprocess) answering the same payload: the
+   ratio is the cost of JSON-RPC + pool + sandbox round trip (goal: <= 3x at p50).
+2. Throughput: N connections each calling ``process`` back to back for D seconds
+   (goal: >= 2,000 calls/s on 2 cores, zero errors).
+3. A ``get_state`` + ``set_state`` call against a bare redis-py GET + SET (ratio).
+4. A 1 MB payload echoed, as plain text and as zstd frames (round trip and bytes sent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import redis.asyncio as aioredis
+import yaml
+import zstandard
+from websockets.asyncio.client import ClientConnection, connect
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.redis_server import RedisServer  # noqa: E402
+
+ACTORS = {
+    "bench_echo.py": (
+        '@actor(name="bench_echo")\n'
+        "def process(context):\n"
+        '    return {"out": context.get_input("data")}\n'
+    ),
+    "bench_state.py": (
+        '@actor(name="bench_state")\n'
+        "async def process(context):\n"
+        '    value = await context.get_state("k", 0)\n'
+        '    await context.set_state("k", value + 1)\n'
+        '    return {"out": value}\n'
+    ),
+}
+
+ECHO_SERVER = """
+import asyncio, sys
+from websockets.asyncio.server import serve
+
+async def echo(conn):
+    async for message in conn:
+        await conn.send(message)
+
+async def main():
+    async with serve(echo, "127.0.0.1", int(sys.argv[1]), compression=None, max_size=None):
+        print("ready", flush=True)
+        await asyncio.Future()
+
+asyncio.run(main())
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def request(actor: str, data: Any, id_: str) -> str:
+    """The frame Reflow sends, with the actor's input."""
+    return json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": id_,
+            "method": "process",
+            "params": {
+                "payload": {"data": data},
+                "config": {},
+                "state": {"namespace": "default", "actor_id": actor},
+                "actor_id": actor,
+                "timestamp": int(time.time() * 1000),
+            },
+        }
+    )
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+async def round_trips(
+    conn: ClientConnection, make: Callable[[int], str | bytes], calls: int
+) -> list[float]:
+    """Sequential round trips on one connection (skipping push frames); seconds each."""
+    timings = []
+    for i in range(calls):
+        frame = make(i)
+        started = time.perf_counter()
+        await conn.send(frame)
+        while True:
+            reply = await conn.recv()
+            if isinstance(reply, bytes) or '"id"' in reply[:40] or reply.startswith('{"jsonrpc"'):
+                break
+        timings.append(time.perf_counter() - started)
+    return timings
+
+
+async def timed(fn: Callable[[], Awaitable[Any]], calls: int) -> list[float]:
+    timings = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        await fn()
+        timings.append(time.perf_counter() - started)
+    return timings
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.rows: list[tuple[str, str]] = []
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def row(self, name: str, value: str) -> None:
+        self.rows.append((name, value))
+        print(f"  {name:<58} {value}", flush=True)
+
+    # -- processes ------------------------------------------------------------------------
+
+    def start_server(self, redis_url: str) -> tuple[int, int]:
+        scripts = self.workdir / "scripts"
+        scripts.mkdir()
+        for name, text in ACTORS.items():
+            (scripts / name).write_text(text)
+        ws_port, http_port = free_port(), free_port()
+        config = {
+            "server": {"ws_port": ws_port, "http_port": http_port, "metrics_port": 0},
+            "sandbox": {
+                "pool": {
+                    "python": {
+                        "min_instances": self.args.sandboxes,
+                        "max_instances": self.args.sandboxes + 4,
+                    },
+                    "nodejs": {"min_instances": 0},
+                    "max_per_actor": self.args.sandboxes,
+                },
+            },
+            "redis": {"url": redis_url},
+            "scripts": {"folders": [str(scripts)]},
+            "logging": {"level": "warning"},
+        }
+        path = self.workdir / "microsandbox.yaml"
+        path.write_text(yaml.safe_dump(config))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MICROSANDBOX_")}
+        log = (self.workdir / "server.log").open("wb")
+        self.processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "reflow_microsandbox", "serve", "--config", str(path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        )
+        return ws_port, http_port
+
+    async def wait_ready(self, http_port: int) -> None:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(600):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(f"http://127.0.0.1:{http_port}/ready") as response:
+                        if response.status == 200:
+                            return
+                await asyncio.sleep(0.1)
+        log = (self.workdir / "server.log").read_text(errors="replace")
+        raise SystemExit(f"the server did not get ready:\n{log}")
+
+    def start_echo(self) -> int:
+        port = free_port()
+        process = subprocess.Popen(
+            [sys.executable, "-c", ECHO_SERVER, str(port)], stdout=subprocess.PIPE
+        )
+        self.processes.append(process)
+        assert process.stdout is not None
+        process.stdout.readline()
+        return port
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    # -- measurements -----------------------------------------------------------------------
+
+    async def latency(self, ws: str, echo_port: int) -> None:
+        calls = self.args.calls
+        payload = {"input": 42, "text": "hello"}
+        async with connect(f"ws://127.0.0.1:{echo_port}/", compression=None) as conn:
+            await round_trips(conn, lambda i: request("bench_echo", payload, f"w{i}"), 200)
+            bare = await round_trips(
+                conn, lambda i: request("bench_echo", payload, f"{i:08d}"), calls
+            )
+        async with connect(ws, compression=None) as conn:
+            await round_trips(conn, lambda i: request("bench_echo", payload, f"w{i}"), 200)
+            rpc = await round_trips(
+                conn, lambda i: request("bench_echo", payload, f"{i:08d}"), calls
+            )
+        b50, b99 = percentile(bare, 0.5), percentile(bare, 0.99)
+        r50, r99 = percentile(rpc, 0.5), percentile(rpc, 0.99)
+        print("\nwarm process round trip, one connection, sequential calls")
+        self.row("bare websockets echo p50 / p99", f"{b50 * 1e6:8.0f} us / {b99 * 1e6:8.0f} us")
+        self.row("process (JSON-RPC + pool + sandbox) p50 / p99",
+                 f"{r50 * 1e6:8.0f} us / {r99 * 1e6:8.0f} us")  # fmt: skip
+        self.row("ratio at p50 (goal <= 3x)", f"{r50 / b50:8.1f} x")
+        self.row("ratio at p99", f"{r99 / b99:8.1f} x")
+
+    async def throughput(self, ws: str) -> None:
+        duration, connections = self.args.duration, self.args.connections
+        payload = {"input": 42}
+        counts = [0] * connections
+        errors = [0] * connections
+        deadline = 0.0
+
+        async def worker(index: int) -> None:
+            async with connect(ws, compression=None) as conn:
+                await ready.wait()
+                i = 0
+                while time.perf_counter() < deadline:
+                    await conn.send(request("bench_echo", payload, f"{index}-{i}"))
+                    reply = json.loads(await conn.recv())
+                    if "error" in reply:
+                        errors[index] += 1
+                    else:
+                        counts[index] += 1
+                    i += 1
+
+        ready = asyncio.Event()
+        tasks = [asyncio.create_task(worker(i)) for i in range(connections)]
+        await asyncio.sleep(0.5)
+        started = time.perf_counter()
+        deadline = started + duration
+        ready.set()
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - started
+        print(f"\nthroughput, {connections} connections, {duration:g} s")
+        self.row("calls/s (goal >= 2,000)", f"{sum(counts) / elapsed:8.0f}")
+        self.row("errors", f"{sum(errors):8d}")
+
+    async def state(self, ws: str, redis_url: str) -> None:
+        calls = max(200, self.args.calls // 4)
+        redis = aioredis.from_url(redis_url)
+        try:
+            await redis.set("bare:k", 0)
+
+            async def get_set() -> None:
+                value = int(await redis.get("bare:k") or 0)
+                await redis.set("bare:k", value + 1)
+
+            await timed(get_set, 50)
+            bare = await timed(get_set, calls)
+        finally:
+            await redis.aclose()
+        async with connect(ws, compression=None) as conn:
+            await round_trips(conn, lambda i: request("bench_state", None, f"w{i}"), 50)
+            rpc = await round_trips(conn, lambda i: request("bench_state", None, f"{i:08d}"), calls)
+        b50, r50 = statistics.median(bare), statistics.median(rpc)
+        print("\nstate: get_state + set_state in a call vs bare redis-py GET + SET")
+        self.row("redis-py GET + SET p50", f"{b50 * 1e6:8.0f} us")
+        self.row("process with get_state + set_state p50", f"{r50 * 1e6:8.0f} us")
+        self.row("ratio at p50", f"{r50 / b50:8.1f} x")
+
+    async def large_payload(self, ws: str) -> None:
+        record = {"id": 0, "name": "sensor-reading", "values": [1.5, 2.25, 3.0], "ok": True}
+        data = [dict(record, id=i) for i in range(int(1_000_000 / len(json.dumps(record))))]
+        size = len(json.dumps(data))
+        calls = 20
+        compressor = zstandard.ZstdCompressor(level=3)
+        print(f"\n{size / 1e6:.2f} MB payload echoed by an actor ({calls} calls, p50)")
+        async with connect(ws, compression=None, max_size=None) as conn:
+            plain = await round_trips(
+                conn, lambda i: request("bench_echo", data, f"{i:08d}"), calls
+            )
+        async with connect(ws + "?compression=zstd", compression=None, max_size=None) as conn:
+            frames = [compressor.compress(request("bench_echo", data, f"{i:08d}").encode())
+                      for i in range(calls)]  # fmt: skip
+            zstd = await round_trips(conn, lambda i: frames[i], calls)
+        self.row("plain text frames: round trip / bytes sent",
+                 f"{statistics.median(plain) * 1e3:8.1f} ms / {size:,} B")  # fmt: skip
+        self.row("zstd frames: round trip / bytes sent",
+                 f"{statistics.median(zstd) * 1e3:8.1f} ms / {len(frames[0]):,} B")  # fmt: skip
+
+    async def run(self) -> None:
+        with RedisServer() as redis_server:
+            ws_port, http_port = self.start_server(redis_server.url)
+            echo_port = self.start_echo()
+            try:
+                await self.wait_ready(http_port)
+                ws = f"ws://127.0.0.1:{ws_port}/"
+                print(f"reflow-microsandbox RPC benchmark ({os.cpu_count()} cores, "
+                      f"{self.args.sandboxes} warm python sandboxes)")  # fmt: skip
+                await self.latency(ws, echo_port)
+                await self.throughput(ws)
+                await self.state(ws, redis_server.url)
+                await self.large_payload(ws)
+            finally:
+                self.stop_all()
+        print("\n| measurement | figure |\n|---|---|")
+        for name, value in self.rows:
+            print(f"| {name} | {' '.join(value.split())} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--calls", type=int, default=2000, help="sequential calls for latency")
+    parser.add_argument("--duration", type=float, default=10.0, help="throughput seconds")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--sandboxes", type=int, default=4, help="warm python sandboxes")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="rpc-bench-") as workdir:
+        asyncio.run(Bench(args, Path(workdir)).run())
+
+
+if __name__ == "__main__":
+    main()

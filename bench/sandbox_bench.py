@@ -1,0 +1,205 @@
+"""Sandbox runtime benchmark: prints a table of figures (not a test).
+
+Run: ``.venv/bin/python bench/sandbox_bench.py [--quick]`` as root on the target host.
+
+Rows are registered in :data:`ROWS` by :func:`row`; each is an async function
+taking the shared :class:`Bench` and returning a :class:`Figure`. Other parts add
+their own rows the same way (warm-pool acquire from the pool, Docker cold start
+and warm call from the Docker backend) by importing this module and calling
+``row(...)`` before :func:`main`, or by adding a function here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from reflow_microsandbox.config import Language, SandboxConfig
+from reflow_microsandbox.sandbox.base import ActorSource, Backend, CallContext, Sandbox
+from reflow_microsandbox.sandbox.bubblewrap import BubblewrapBackend
+from reflow_microsandbox.sandbox.limits import descendants, smaps_rollup
+
+TRIVIAL = {
+    "python": "def process(context):\n    return {'ok': 1}\n",
+    "nodejs": "function process(context) { return { ok: 1 }; }\n",
+}
+
+
+@dataclass
+class Figure:
+    """One measured quantity: samples and how to show them."""
+
+    samples: list[float]
+    unit: str  # "ms", "us" or "MB"
+    goal: str = ""
+    spread: str = "p95"  # which upper percentile to show beside p50
+    note: str = ""
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.samples)
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+@dataclass
+class Bench:
+    """Shared state of one run: the backend and the yardstick figure."""
+
+    backend: Backend
+    rounds: int
+    yardstick_ms: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Row = Callable[[Bench], Awaitable[Figure]]
+ROWS: list[tuple[str, Row]] = []
+
+
+def row(name: str) -> Callable[[Row], Row]:
+    """Register a benchmark row (rows print in registration order)."""
+
+    def register(function: Row) -> Row:
+        ROWS.append((name, function))
+        return function
+
+    return register
+
+
+class _Null:
+    async def get(self, key: str, default: Any = None) -> Any:
+        return default
+
+    async def set(self, key: str, value: Any) -> None:
+        return None
+
+    async def delete(self, key: str) -> None:
+        return None
+
+    async def increment(self, key: str, by: int | float = 1) -> int | float:
+        return by
+
+    async def output(self, port: str, data: Any) -> None:
+        return None
+
+    async def log(self, level: str, message: str) -> None:
+        return None
+
+
+async def _loaded(backend: Backend, language: Language) -> Sandbox:
+    sandbox = await backend.spawn(language)
+    await sandbox.load(
+        ActorSource(name="bench", namespace="bench", language=language, source=TRIVIAL[language])
+    )
+    return sandbox
+
+
+@row("python3 -c pass (yardstick)")
+async def yardstick(bench: Bench) -> Figure:
+    samples = []
+    for _ in range(bench.rounds):
+        start = time.perf_counter()
+        await asyncio.to_thread(subprocess.run, ["/usr/bin/python3", "-c", "pass"], check=True)
+        samples.append((time.perf_counter() - start) * 1000)
+    bench.yardstick_ms = statistics.median(samples)
+    return Figure(samples, "ms")
+
+
+def _cold_start(language: Language, goal: str) -> Row:
+    async def measure(bench: Bench) -> Figure:
+        samples = []
+        for _ in range(bench.rounds):
+            start = time.perf_counter()
+            sandbox = await bench.backend.spawn(language)
+            samples.append((time.perf_counter() - start) * 1000)
+            await sandbox.close()
+        return Figure(samples, "ms", goal=goal)
+
+    return measure
+
+
+def _warm_call(language: Language) -> Row:
+    async def measure(bench: Bench) -> Figure:
+        sandbox = await _loaded(bench.backend, language)
+        null = _Null()
+        context = CallContext(actor_id="bench", namespace="bench", payload={"x": 1})
+        samples = []
+        try:
+            for index in range(bench.rounds * 50 + 100):
+                start = time.perf_counter()
+                await sandbox.call(context, null, null, timeout=5)
+                if index >= 100:  # warm-up
+                    samples.append((time.perf_counter() - start) * 1e6)
+        finally:
+            await sandbox.close()
+        return Figure(samples, "us", goal="p50 < 500 us", spread="p99")
+
+    return measure
+
+
+def _idle_memory(language: Language, kind: str, goal: str) -> Row:
+    async def measure(bench: Bench) -> Figure:
+        samples = []
+        for _ in range(max(3, bench.rounds // 5)):
+            sandbox = await _loaded(bench.backend, language)
+            await asyncio.sleep(0.2)
+            pids = descendants(getattr(sandbox, "pids", [0])[0])
+            total = sum(smaps_rollup(pid).get(kind, 0) for pid in pids)
+            samples.append(total / 1e6)
+            await sandbox.close()
+        return Figure(samples, "MB", goal=goal, note="bwrap + runner, loaded and idle")
+
+    return measure
+
+
+row("python sandbox cold start (spawn to ready)")(_cold_start("python", "p50 < 40 ms"))
+row("node sandbox cold start (spawn to ready)")(_cold_start("nodejs", "p50 < 150 ms"))
+row("python warm call through the runner pipe")(_warm_call("python"))
+row("node warm call through the runner pipe")(_warm_call("nodejs"))
+row("python idle sandbox RSS")(_idle_memory("python", "Rss", "< 20 MB"))
+row("python idle sandbox PSS")(_idle_memory("python", "Pss", ""))
+row("node idle sandbox RSS")(_idle_memory("nodejs", "Rss", "< 50 MB"))
+row("node idle sandbox PSS")(_idle_memory("nodejs", "Pss", ""))
+
+
+def _format(name: str, figure: Figure, yardstick_ms: float | None) -> str:
+    p50 = figure.percentile(0.5)
+    upper = figure.percentile(0.99 if figure.spread == "p99" else 0.95)
+    ratio = ""
+    if yardstick_ms and figure.unit == "ms":
+        ratio = f"{p50 / yardstick_ms:6.2f}x"
+    values = f"{p50:9.2f} {figure.unit:<3}{upper:9.2f} {figure.unit:<3}"
+    note = f"  ({figure.note})" if figure.note else ""
+    return f"{name:<46}{values} {figure.spread:<4}{ratio:>8}  {figure.goal}{note}"
+
+
+async def run(rounds: int) -> None:
+    backend = BubblewrapBackend(SandboxConfig())
+    await backend.start()
+    bench = Bench(backend=backend, rounds=rounds)
+    cgroups = "cgroups " + ("on" if backend.cgroups is not None else "off")
+    print(f"{'measurement':<46}{'p50':>9}    {'upper':>9}        {'vs pass':>8}  goal")
+    try:
+        for name, function in ROWS:
+            figure = await function(bench)
+            print(_format(name, figure, bench.yardstick_ms), flush=True)
+    finally:
+        await backend.close()
+    print(f"({rounds} rounds; bubblewrap backend, default limits, {cgroups})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=40, help="samples per start-up row")
+    parser.add_argument("--quick", action="store_true", help="10 rounds")
+    args = parser.parse_args(argv)
+    asyncio.run(run(10 if args.quick else args.rounds))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""The ``reflow-microsandbox`` command: ``serve``, ``check-config`` and ``run``.
+
+``check-config FILE`` is what Ansible's ``validate:`` calls: exit 0 with a one-line
+summary, or non-zero with the config error (naming the key) on stderr. ``run`` is for
+script authors: one execution of one script with inputs from the command line,
+pushes and logs shown as they happen, the outputs printed as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .config import LANGUAGES, Config, ConfigError, load_config
+from .sandbox.base import JSON, CallContext, SandboxError
+
+T = TypeVar("T")
+
+EXIT_CONFIG = 2
+EXIT_FAILED = 1
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def _setup_logging(config: Config) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if config.logging.json_format:
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(config.logging.level.upper())
+    # The websockets library logs every handshake failure at info; keep it quieter.
+    logging.getLogger("websockets").setLevel(max(root.level, logging.WARNING))
+
+
+def _run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` on uvloop when it is installed (faster sockets), else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
+def _summary(config: Config) -> str:
+    state = f"redis ({_redacted(config.redis.url)})" if config.redis.url else "sqlite"
+    pools = ", ".join(
+        f"{language} {config.sandbox.pool.for_language(language).min_instances}"
+        f"-{config.sandbox.pool.for_language(language).max_instances}"
+        for language in LANGUAGES
+    )
+    return (
+        f"ok: {config.sandbox.backend} sandboxes ({pools}), "
+        f"ws {config.server.host}:{config.server.ws_port}, http {config.server.http_port}, "
+        f"metrics {config.server.metrics_port or 'off'}, state {state}, "
+        f"{len(config.scripts.folders)} script folder(s), "
+        f"auth {'on' if config.auth.tokens else 'off'}"
+    )
+
+
+def _redacted(url: str) -> str:
+    """A Redis URL without its password."""
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    return f"{scheme}{sep}***@{rest.rsplit('@', 1)[1]}"
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.file)
+    except ConfigError as error:
+        print(f"{args.file}: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(_summary(config))
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        print(f"reflow-microsandbox: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    _setup_logging(config)
+    from .server import Server
+
+    try:
+        _run_loop(Server(config).serve_until_signal())
+    except SandboxError as error:
+        print(f"reflow-microsandbox: cannot start: {error.kind}: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except (OSError, ValueError) as error:  # a port in use, a malformed redis.url
+        print(f"reflow-microsandbox: cannot start: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def _parse_inputs(items: Sequence[str]) -> dict[str, JSON]:
+    payload: dict[str, JSON] = {}
+    for item in items:
+        port, sep, raw = item.partition("=")
+        if not sep or not port:
+            raise ValueError(f"--input {item!r}: expected PORT=VALUE")
+        try:
+            payload[port] = json.loads(raw)
+        except ValueError:
+            payload[port] = raw
+    return payload
+
+
+def _short(value: JSON, limit: int = 200) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
+
+
+class _PrintingSink:
+    """Shows pushes and logs on stderr while the script runs."""
+
+    async def output(self, port: str, data: JSON) -> None:
+        print(f"push {port}: {_short(data)}", file=sys.stderr, flush=True)
+
+    async def log(self, level: str, message: str) -> None:
+        print(f"log {level}: {message}", file=sys.stderr, flush=True)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+        payload = _parse_inputs(args.input or [])
+    except (ConfigError, ValueError) as error:
+        print(f"reflow-microsandbox run: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    script = Path(args.script).resolve()
+    if not script.is_file():
+        print(f"reflow-microsandbox run: {args.script}: no such file", file=sys.stderr)
+        return EXIT_CONFIG
+    # A throwaway pool: nothing pre-warmed, one sandbox for this script.
+    for language in LANGUAGES:
+        settings = config.sandbox.pool.for_language(language)
+        settings.min_instances = 0
+        settings.max_instances = 1
+    config.scripts.folders = [str(script.parent)]
+    return _run_loop(_run_once(config, script, payload))
+
+
+async def _run_once(config: Config, script: Path, payload: dict[str, JSON]) -> int:
+    from .pool import SandboxPool
+    from .registry import ActorRegistry, RegistryError
+    from .sandbox.factory import create_backend
+    from .state import open_store
+
+    try:
+        actor = ActorRegistry(config.scripts.folders, allow_inline=False).load_file(str(script))
+    except RegistryError as error:
+        print(f"reflow-microsandbox run: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    source = actor.source
+    store = open_store(config)
+    await store.open()
+    backend = create_backend(config)
+    pool = SandboxPool(backend, config.sandbox)
+    print(
+        f"running {source.namespace}:{source.name} ({source.language}, "
+        f"{config.sandbox.backend} sandbox, state in {store.name})",
+        file=sys.stderr,
+        flush=True,
+    )
+    started = time.perf_counter()
+    try:
+        await backend.start()
+        await pool.start()
+        context = CallContext(
+            actor_id=source.name,
+            namespace=source.namespace,
+            payload=payload,
+            timestamp=int(time.time() * 1000),
+        )
+        tx = store.transaction(source.namespace, source.name)
+        try:
+            outputs = await pool.execute(source, context, tx, _PrintingSink())
+            await tx.commit()
+        except BaseException:
+            await tx.abort()
+            raise
+    except SandboxError as error:
+        print(f"error ({error.kind}): {error.message}", file=sys.stderr)
+        trace = error.details.get("traceback")
+        if isinstance(trace, str) and trace:
+            print(trace.rstrip(), file=sys.stderr)
+        for key, value in error.details.items():
+            if key not in ("traceback", "type", "message"):
+                print(f"  {key}: {json.dumps(value)}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        await pool.close()
+        await store.close()
+    print(json.dumps(outputs, indent=2, ensure_ascii=False))
+    print(f"done in {time.perf_counter() - started:.2f} s", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reflow-microsandbox",
+        description="Run Reflow's script actors in isolated, pre-warmed sandboxes.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve WebSocket JSON-RPC, HTTP and metrics")
+    serve.add_argument("--config", help="microsandbox.yaml (default: built-in defaults)")
+    serve.set_defaults(func=_cmd_serve)
+
+    check = commands.add_parser("check-config", help="validate a microsandbox.yaml")
+    check.add_argument("file")
+    check.set_defaults(func=_cmd_check_config)
+
+    run = commands.add_parser("run", help="run a script once, for script authors")
+    run.add_argument("script", help="a .py or .js actor script")
+    run.add_argument(
+        "--input",
+        action="append",
+        metavar="PORT=VALUE",
+        help="an inport value (JSON when it parses, else a string); repeatable",
+    )
+    run.add_argument("--config", help="microsandbox.yaml (default: built-in defaults)")
+    run.set_defaults(func=_cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code

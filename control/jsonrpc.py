@@ -1,0 +1,282 @@
+"""JSON-RPC 2.0 without I/O: parse a frame, validate, dispatch to async methods, encode.
+
+Transports hand a frame (``bytes`` or ``str``) to :meth:`Dispatcher.parse` and get back
+either one :class:`Request`, a list of them (a batch), or a ready error response.
+They run :meth:`Dispatcher.call` for each request (concurrently if they like) and send
+what :func:`encode` makes of the responses. Nothing here knows about sockets.
+
+Two rules from Reflow's client shape the responses: the ``id`` is echoed exactly as
+received (a string stays a string, a number stays the same number), and a success
+response has ``result`` and never an ``error`` key (Reflow treats any ``error`` key,
+even in ``result``, as a failure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from .sandbox.base import JSON, SandboxError
+
+log = logging.getLogger(__name__)
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+
+# Server errors (-32000 to -32099): one code per sandbox failure kind, so a client can
+# tell them apart by code as well as by ``data.kind``.
+SANDBOX_ERROR_CODES: dict[str, int] = {
+    "timeout": -32001,
+    "memory": -32002,
+    "crashed": -32003,
+    "output_too_large": -32004,
+    "script_error": -32005,
+    "load_error": -32006,
+    "pool_exhausted": -32007,
+    "state_error": -32008,
+    "unavailable": -32009,
+}
+SERVER_ERROR = -32000
+
+Id = str | int | float | None
+Response = dict[str, JSON]
+
+
+class RpcError(Exception):
+    """An error a method raises to answer with a JSON-RPC error object."""
+
+    def __init__(self, code: int, message: str, data: JSON = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+    def to_object(self) -> dict[str, JSON]:
+        error: dict[str, JSON] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            error["data"] = self.data
+        return error
+
+
+def sandbox_rpc_error(error: SandboxError) -> RpcError:
+    """The server error that reports a sandbox failure; ``data.kind`` is the failure kind."""
+    data: dict[str, JSON] = {"kind": error.kind}
+    data.update(error.details)
+    return RpcError(SANDBOX_ERROR_CODES.get(error.kind, SERVER_ERROR), error.message, data)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One call (or notification, when ``is_notification``) taken from a frame."""
+
+    method: str
+    params: JSON
+    id: Id
+    is_notification: bool
+
+
+Parsed = Request | list[Request | Response] | Response
+"""What a frame holds: one request, a batch (requests and ready error responses), or
+a ready error response (the frame itself was unusable)."""
+
+
+def error_response(id_: Id, code: int, message: str, data: JSON = None) -> Response:
+    return {"jsonrpc": "2.0", "id": id_, "error": RpcError(code, message, data).to_object()}
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def decode_json(data: bytes | str) -> JSON:
+    """Strict JSON (no NaN/Infinity); raises ``ValueError`` on anything else."""
+    text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
+    return _decoder.decode(text)
+
+
+def encode(message: Response | list[Response]) -> str:
+    """Compact JSON text of a response, a batch of them, or a notification."""
+    return _encoder.encode(message)
+
+
+def notification(method: str, params: JSON) -> dict[str, JSON]:
+    return {"jsonrpc": "2.0", "method": method, "params": params}
+
+
+def _valid_id(value: object) -> bool:
+    # bool is an int in Python but not a valid id.
+    return value is None or (isinstance(value, str | int | float) and not isinstance(value, bool))
+
+
+def _parse_one(item: object) -> Request | Response:
+    if not isinstance(item, dict):
+        return error_response(None, INVALID_REQUEST, "invalid request: not a JSON object")
+    has_id = "id" in item
+    id_ = item.get("id")
+    if not _valid_id(id_):
+        return error_response(
+            None, INVALID_REQUEST, "invalid request: id must be a string, a number or null"
+        )
+    if item.get("jsonrpc") != "2.0":
+        return error_response(id_, INVALID_REQUEST, 'invalid request: jsonrpc must be "2.0"')
+    method = item.get("method")
+    if not isinstance(method, str):
+        return error_response(id_, INVALID_REQUEST, "invalid request: method must be a string")
+    params = item.get("params")
+    if "params" in item and not isinstance(params, dict | list):
+        return error_response(
+            id_, INVALID_REQUEST, "invalid request: params must be an object or an array"
+        )
+    return Request(method, params, id_, not has_id)
+
+
+def parse(data: bytes | str) -> Parsed:
+    """Turn a frame into requests, or into the error response it deserves."""
+    try:
+        message = decode_json(data)
+    except ValueError as error:  # includes UnicodeDecodeError and JSONDecodeError
+        return error_response(None, PARSE_ERROR, f"parse error: {error}")
+    if isinstance(message, list):
+        if not message:
+            return error_response(None, INVALID_REQUEST, "invalid request: empty batch")
+        return [_parse_one(item) for item in message]
+    return _parse_one(message)
+
+
+Ctx = TypeVar("Ctx")
+P = TypeVar("P", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class _Method(Generic[Ctx]):
+    params: type[BaseModel]
+    handler: Callable[[Any, Ctx], Awaitable[JSON]]
+
+
+CallObserver = Callable[[str, str], None]
+"""Called once per answered call with (method label, outcome code label)."""
+
+
+def _field_name(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "params"
+
+
+def invalid_params(error: ValidationError) -> RpcError:
+    """-32602 whose message names each bad field and what was wrong with it."""
+    problems = [f"{_field_name(item['loc'])}: {item['msg']}" for item in error.errors()]
+    fields = [_field_name(item["loc"]) for item in error.errors()]
+    return RpcError(INVALID_PARAMS, "invalid params: " + "; ".join(problems), {"fields": fields})
+
+
+class Dispatcher(Generic[Ctx]):
+    """Registered methods, and the one place calls are validated, run and answered.
+
+    ``Ctx`` is whatever the transport passes along with each call (the WebSocket
+    connection's push channel, for instance).
+    """
+
+    def __init__(self, observer: CallObserver | None = None) -> None:
+        self._methods: dict[str, _Method[Ctx]] = {}
+        self._observer = observer
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def register(
+        self, name: str, params: type[P], handler: Callable[[P, Ctx], Awaitable[JSON]]
+    ) -> None:
+        """Serve ``name``: params are validated against the ``params`` model first."""
+        self._methods[name] = _Method(params, handler)
+
+    @property
+    def methods(self) -> list[str]:
+        return list(self._methods)
+
+    async def call(self, request: Request, ctx: Ctx) -> Response | None:
+        """Run one request; the response to send, or None for a notification."""
+        method = self._methods.get(request.method)
+        label = request.method if method is not None else "unknown"
+        self.in_flight += 1
+        self._idle.clear()
+        try:
+            if method is None:
+                raise RpcError(METHOD_NOT_FOUND, f"method not found: {request.method!r}")
+            result = await method.handler(self._validate(method, request.params), ctx)
+        except RpcError as error:
+            return self._answer_error(request, label, error)
+        except SandboxError as error:
+            return self._answer_error(request, label, sandbox_rpc_error(error))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("method %s failed", request.method)
+            return self._answer_error(request, label, RpcError(INTERNAL_ERROR, "internal error"))
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self._idle.set()
+        if self._observer is not None:
+            self._observer(label, "ok")
+        if request.is_notification:
+            return None
+        return {"jsonrpc": "2.0", "id": request.id, "result": result}
+
+    async def call_batch(self, items: list[Request | Response], ctx: Ctx) -> list[Response]:
+        """Run a batch concurrently; the responses (empty when all were notifications)."""
+        pending = [item for item in items if isinstance(item, Request)]
+        results = iter(await asyncio.gather(*(self.call(item, ctx) for item in pending)))
+        responses: list[Response] = []
+        for item in items:
+            if isinstance(item, Request):
+                answer = next(results)
+            else:
+                answer = item
+                self.rejected(item)
+            if answer is not None:
+                responses.append(answer)
+        return responses
+
+    def rejected(self, response: Response) -> None:
+        """Count a frame that was answered without reaching a method (bad JSON, bad shape)."""
+        if self._observer is not None:
+            self._observer("invalid", str(response["error"]["code"]))
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no call is running; False if some still run after ``timeout``."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def _validate(self, method: _Method[Ctx], params: JSON) -> BaseModel:
+        if isinstance(params, list):
+            raise RpcError(
+                INVALID_PARAMS,
+                "invalid params: params must be an object (named parameters)",
+                {"fields": ["params"]},
+            )
+        try:
+            return method.params.model_validate(params if params is not None else {})
+        except ValidationError as error:
+            raise invalid_params(error) from None
+
+    def _answer_error(self, request: Request, label: str, error: RpcError) -> Response | None:
+        if self._observer is not None:
+            self._observer(label, str(error.code))
+        if request.is_notification:
+            return None
+        return {"jsonrpc": "2.0", "id": request.id, "error": error.to_object()}

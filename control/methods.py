@@ -1,0 +1,302 @@
+"""The API surface: ``process``, ``load``, ``list`` and ``unload``, as Reflow calls them.
+
+Each method is an async function of validated params and a :class:`CallScope` (what
+the transport offers the call: a push channel on WebSocket, none over HTTP). The
+methods know nothing of frames or sockets; they tie the registry, the state store
+and the pool together.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from .config import Language
+from .jsonrpc import Dispatcher, RpcError
+from .metrics import Metrics
+from .pool import SandboxPool
+from .registry import ActorInfo, ActorRegistry, RegistryError
+from .sandbox.base import JSON, CallContext, EventSink, SandboxError
+from .state.base import StateStore, StateTransaction
+
+ACTOR_NOT_FOUND = -32010
+
+Push = Callable[[str, JSON], Awaitable[None]]
+"""Sends one notification (method, params) to the caller, in order."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallScope:
+    """What the transport offers a call: a push channel, or None to collect outputs."""
+
+    push: Push | None = None
+
+
+# -- params -------------------------------------------------------------------------------
+
+
+class _Params(BaseModel):
+    # Clients send more than we read (Reflow's state.redis_url): extra keys are ignored.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class StateRef(_Params):
+    """Where the actor's state lives; ``redis_url`` is ignored on purpose (we never
+    connect to an address a client supplies)."""
+
+    namespace: StrictStr | None = Field(None, min_length=1)
+    actor_id: StrictStr | None = Field(None, min_length=1)
+
+
+class ProcessParams(_Params):
+    actor_id: StrictStr = Field(min_length=1)
+    payload: dict[str, Any] | None = None
+    config: dict[str, Any] | None = None
+    state: StateRef | None = None
+    timestamp: StrictInt | None = Field(None, ge=0)
+
+
+class LoadParams(_Params):
+    file_path: StrictStr | None = Field(None, min_length=1)
+    source: StrictStr | None = None
+    language: Language | None = None
+    name: StrictStr | None = Field(None, min_length=1)
+    namespace: StrictStr = Field("default", min_length=1)
+
+
+class ListParams(_Params):
+    pass
+
+
+class UnloadParams(_Params):
+    actor_id: StrictStr | None = Field(None, min_length=1)
+    name: StrictStr | None = Field(None, min_length=1)
+    namespace: StrictStr | None = Field(None, min_length=1)
+
+
+# -- event sinks ---------------------------------------------------------------------------
+
+
+class _PushSink:
+    """Streams outputs and logs to the caller as ``output`` / ``log`` notifications."""
+
+    __slots__ = ("_actor_id", "_push")
+
+    def __init__(self, actor_id: str, push: Push) -> None:
+        self._actor_id = actor_id
+        self._push = push
+
+    async def output(self, port: str, data: JSON) -> None:
+        await self._push(
+            "output",
+            {
+                "actor_id": self._actor_id,
+                "port": port,
+                "data": data,
+                "timestamp": int(time.time() * 1000),
+            },
+        )
+
+    async def log(self, level: str, message: str) -> None:
+        await self._push("log", f"[{self._actor_id}] {level}: {message}")
+
+
+class _CollectSink:
+    """Gathers pushed outputs for transports without push (HTTP): last value per port."""
+
+    __slots__ = ("outputs",)
+
+    def __init__(self) -> None:
+        self.outputs: dict[str, JSON] = {}
+
+    async def output(self, port: str, data: JSON) -> None:
+        self.outputs[port] = data
+
+    async def log(self, level: str, message: str) -> None:
+        pass
+
+
+class _CountedState:
+    """Passes state requests to the transaction and counts them for the metrics."""
+
+    __slots__ = ("_metrics", "_tx")
+
+    def __init__(self, tx: StateTransaction, metrics: Metrics) -> None:
+        self._tx = tx
+        self._metrics = metrics
+
+    def _count_error(self, error: SandboxError) -> None:
+        if error.kind == "state_error":
+            self._metrics.state_error()
+
+    async def get(self, key: str, default: JSON = None) -> JSON:
+        self._metrics.state_operation("get")
+        try:
+            return await self._tx.get(key, default)
+        except SandboxError as error:
+            self._count_error(error)
+            raise
+
+    async def set(self, key: str, value: JSON) -> None:
+        self._metrics.state_operation("set")
+        try:
+            await self._tx.set(key, value)
+        except SandboxError as error:
+            self._count_error(error)
+            raise
+
+    async def delete(self, key: str) -> None:
+        self._metrics.state_operation("delete")
+        try:
+            await self._tx.delete(key)
+        except SandboxError as error:
+            self._count_error(error)
+            raise
+
+    async def increment(self, key: str, by: int | float = 1) -> int | float:
+        self._metrics.state_operation("increment")
+        try:
+            return await self._tx.increment(key, by)
+        except SandboxError as error:
+            self._count_error(error)
+            raise
+
+
+# -- the methods ---------------------------------------------------------------------------
+
+
+class Api:
+    """The methods, bound to one server's registry, store, pool and metrics."""
+
+    def __init__(
+        self,
+        registry: ActorRegistry,
+        store: StateStore,
+        pool: SandboxPool,
+        metrics: Metrics,
+    ) -> None:
+        self._registry = registry
+        self._store = store
+        self._pool = pool
+        self._metrics = metrics
+
+    def register(self, dispatcher: Dispatcher[CallScope]) -> None:
+        dispatcher.register("process", ProcessParams, self.process)
+        dispatcher.register("load", LoadParams, self.load)
+        dispatcher.register("list", ListParams, self.list)
+        dispatcher.register("unload", UnloadParams, self.unload)
+
+    def _resolve(self, actor_id: str, namespace: str | None) -> ActorInfo:
+        # Reflow derives the namespace from its own folder layout, which may differ
+        # from ours: the registry falls back to a name that is unique here.
+        try:
+            return self._registry.resolve(actor_id, namespace)
+        except RegistryError as error:
+            raise RpcError(
+                ACTOR_NOT_FOUND, str(error), {"kind": "not_found", "actor_id": actor_id}
+            ) from None
+
+    async def process(self, params: ProcessParams, scope: CallScope) -> JSON:
+        """Run the actor once; outputs pushed on WebSocket, collected over HTTP.
+
+        Nothing is awaited before ``pool.execute`` queues the call: transports start
+        one task per frame in arrival order, so calls of one actor reach the pool's
+        FIFO queue in the order they were sent.
+        """
+        state_ref = params.state
+        actor = self._resolve(params.actor_id, state_ref.namespace if state_ref else None)
+        source = actor.source
+        namespace = (state_ref.namespace if state_ref else None) or source.namespace
+        state_actor = (state_ref.actor_id if state_ref else None) or params.actor_id
+        context = CallContext(
+            actor_id=params.actor_id,
+            namespace=namespace,
+            payload=params.payload or {},
+            config=params.config or {},
+            timestamp=params.timestamp or 0,
+        )
+        collect: _CollectSink | None = None
+        sink: EventSink
+        if scope.push is None:
+            sink = collect = _CollectSink()
+        else:
+            sink = _PushSink(params.actor_id, scope.push)
+        tx = self._store.transaction(namespace, state_actor)
+        started = time.perf_counter()
+        try:
+            outputs = await self._pool.execute(
+                source, context, _CountedState(tx, self._metrics), sink
+            )
+            if tx.touched:
+                self._metrics.state_operation("commit")
+            try:
+                await tx.commit()
+            except SandboxError:
+                self._metrics.state_error()
+                raise
+        except SandboxError as error:
+            await self._abort(tx)
+            self._metrics.execution_finished(
+                source.language, error.kind, time.perf_counter() - started
+            )
+            raise
+        except BaseException:
+            await self._abort(tx)
+            self._metrics.execution_finished(
+                source.language, "error", time.perf_counter() - started
+            )
+            raise
+        self._metrics.execution_finished(source.language, "ok", time.perf_counter() - started)
+        if collect is not None and collect.outputs:
+            merged = dict(collect.outputs)
+            merged.update(outputs)
+            outputs = merged
+        return {"outputs": outputs}
+
+    async def _abort(self, tx: StateTransaction) -> None:
+        try:
+            await tx.abort()
+        except SandboxError:
+            self._metrics.state_error()
+
+    async def load(self, params: LoadParams, scope: CallScope) -> JSON:
+        """Load a script from a configured folder, or inline when allowed (Reflow's shape)."""
+        try:
+            if params.file_path is not None:
+                info = self._registry.load_file(params.file_path)
+            elif params.source is not None:
+                if params.language is None or params.name is None:
+                    return _failed("an inline script needs source, language and name")
+                info = self._registry.load_inline(
+                    params.source, params.language, params.name, params.namespace
+                )
+            else:
+                return _failed("load needs file_path, or source with language and name")
+        except RegistryError as error:
+            return _failed(str(error))
+        return {"success": True, "actor": info.source.name, "namespace": info.source.namespace}
+
+    async def list(self, params: ListParams, scope: CallScope) -> JSON:
+        return {"actors": self._registry.names()}
+
+    async def unload(self, params: UnloadParams, scope: CallScope) -> JSON:
+        """Forget an actor and throw away its sandboxes."""
+        name = params.actor_id or params.name
+        if name is None:
+            return _failed("unload needs actor_id")
+        try:
+            key = self._registry.resolve(name, params.namespace).source.key
+            removed = self._registry.unload(name, params.namespace)
+        except RegistryError as error:
+            return _failed(str(error))
+        await self._pool.unload(key)
+        return {"success": removed}
+
+
+def _failed(message: str) -> JSON:
+    # Reflow's bridges answer load failures this way; Reflow itself never calls load.
+    return {"success": False, "error": message}

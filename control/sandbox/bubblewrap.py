@@ -1,0 +1,554 @@
+"""The namespace backend: each sandbox is a runner under ``bwrap`` (Debian's bubblewrap).
+
+What a sandbox gets, and why:
+
+- every namespace unshared (user, pid, net, ipc, uts, cgroup, mount): its own
+  loopback only, its own ``/proc`` showing only its own processes;
+- a host uid of its own (``bwrap`` runs as ``UID_BASE + slot``, uid 65534 inside):
+  never host root, and ``RLIMIT_NPROC`` counts per sandbox (see ``limits.py``);
+- a root filesystem of nothing but, read-only: the interpreter binary, its
+  stdlib, the directories of the shared libraries it links (found with ``ldd``:
+  they hold only package-managed public libraries, and extension modules
+  ``dlopen`` siblings from them), the runner file, configured ``package_dirs``;
+  plus a size-capped private tmpfs ``/tmp`` and a minimal ``/dev``; the root and
+  ``/dev`` are remounted read-only, so ``/tmp`` is the only writable place;
+- a cleared environment (``--clearenv``): no server secret or Redis password;
+- ``--new-session``, ``--die-with-parent``, ``--cap-drop ALL``, no_new_privs (bwrap
+  always sets it), and the seccomp filter of ``seccomp.py``;
+- memory, CPU, process, file and core limits from ``limits.py``.
+
+The runner speaks frames over a socket pair passed as an extra descriptor; its
+fd 1/2 lead to a second socket pair whose bytes become log events, so nothing a
+script writes can corrupt the protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from subprocess import Popen
+
+from ..config import Language, SandboxConfig
+from ..runners import NODE_RUNNER, PYTHON_RUNNER
+from . import seccomp
+from .base import (
+    JSON,
+    ActorSource,
+    Backend,
+    CallContext,
+    ErrorKind,
+    EventSink,
+    Sandbox,
+    SandboxError,
+    StateHandler,
+)
+from .limits import CgroupManager, Limits, SandboxCgroup, descendants, prlimit_command, rss_bytes
+from .runner_client import RunnerClient
+
+log = logging.getLogger(__name__)
+
+PYTHON_BINARY = "/usr/bin/python3"
+NODE_BINARY = "/usr/bin/node"
+RUNNER_DIR = "/runner"
+SANDBOX_UID = 65534
+UID_BASE = 1_900_000_000
+"""Host uids of sandboxes: ``UID_BASE + (pid % 4096) * 4096 + slot``, unused by any account."""
+READY_TIMEOUT = 15.0
+_MEMORY_SIGNS = (
+    "heap out of memory",
+    "Reached heap limit",
+    "MemoryError",
+    "Cannot allocate memory",
+)
+_LIB_PATH = re.compile(r"(/\S+) \(0x")
+
+
+class _UidPool:
+    """Host uids for sandboxes, one per live sandbox, distinct across control planes."""
+
+    def __init__(self) -> None:
+        self._base = UID_BASE + (os.getpid() % 4096) * 4096
+        self._free: list[int] = []
+        self._next = 0
+
+    def take(self) -> int:
+        if self._free:
+            return self._free.pop()
+        if self._next >= 4096:
+            raise SandboxError("unavailable", "no free sandbox uid (4096 sandboxes alive)")
+        self._next += 1
+        return self._base + self._next - 1
+
+    def give_back(self, uid: int) -> None:
+        self._free.append(uid)
+
+
+_UIDS = _UidPool()
+
+
+def _library_dirs(binary: str) -> set[str]:
+    """Directories holding the shared libraries ``binary`` links (as named and resolved)."""
+    result = subprocess.run(["ldd", binary], capture_output=True, text=True, timeout=20)
+    dirs: set[str] = set()
+    for match in _LIB_PATH.finditer(result.stdout):
+        path = match.group(1)
+        dirs.add(os.path.realpath(os.path.dirname(path)))
+        dirs.add(os.path.dirname(os.path.realpath(path)))
+    return dirs
+
+
+def _python_dirs(binary: str) -> set[str]:
+    """The stdlib directories this interpreter searches with ``-I -S``."""
+    probe = "import sys; print('\\n'.join(p for p in sys.path if p))"
+    result = subprocess.run(
+        [binary, "-I", "-S", "-c", probe], capture_output=True, text=True, timeout=20, check=True
+    )
+    return {os.path.realpath(p) for p in result.stdout.split() if os.path.isdir(p)}
+
+
+def _launch(argv: list[str], capture_fd: int, pass_fds: tuple[int, ...], uid: int) -> Popen[bytes]:
+    """Fork and exec bwrap as the sandbox's host uid, in a session of its own.
+
+    Synchronous on purpose: fork+exec takes about a millisecond, as in asyncio's own
+    subprocess support, and exit is watched with a pidfd instead of a child watcher
+    thread. uid/gid are switched by ``_posixsubprocess`` in C, no ``preexec_fn``.
+    """
+    return subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=capture_fd,
+        stderr=capture_fd,
+        pass_fds=pass_fds,
+        env={"PATH": "/usr/bin:/bin"},
+        user=uid,
+        group=uid,
+        extra_groups=[],
+        start_new_session=True,
+    )
+
+
+class _HostLayout:
+    """What of the host each language's sandbox sees, resolved once at start."""
+
+    def __init__(self, runner_dir: str) -> None:
+        self.runner_dir = runner_dir
+        self.binaries: dict[Language, str] = {}
+        self.dirs: dict[Language, list[str]] = {}
+        self.aliases: dict[Language, list[tuple[str, str]]] = {}
+        self.symlinks = [
+            (os.readlink(f"/{name}"), f"/{name}")
+            for name in ("bin", "lib", "lib32", "lib64", "libx32", "sbin")
+            if os.path.islink(f"/{name}")
+        ]
+
+    def add(self, language: Language, binary: str) -> None:
+        real = os.path.realpath(binary)
+        if real != binary:  # keep the usual name (/usr/bin/python3) working inside
+            self.aliases.setdefault(language, []).append((real, binary))
+        dirs = _library_dirs(real)
+        if language == "python":
+            dirs |= _python_dirs(real)
+        self.binaries[language] = real
+        # Parents first, and no directory bound twice under one already bound.
+        ordered = sorted(dirs)
+        self.dirs[language] = [
+            d for d in ordered if not any(d.startswith(o + "/") for o in ordered if o != d)
+        ]
+
+
+class BubblewrapSandbox(Sandbox):
+    """One runner process under bwrap, with its cgroup, uid and socket pairs."""
+
+    def __init__(
+        self,
+        backend: BubblewrapBackend,
+        language: Language,
+        sandbox_id: str,
+        process: Popen[bytes],
+        uid: int,
+        cgroup: SandboxCgroup | None,
+    ) -> None:
+        self.language = language
+        self.sandbox_id = sandbox_id
+        self._backend = backend
+        self._process = process
+        self._uid = uid
+        self._cgroup = cgroup
+        self._exited = asyncio.Event()
+        self._pidfd = -1
+        self._closed = False
+        self._capture_tail = b""
+        self._capture_task: asyncio.Task[None] | None = None
+        self._capture: socket.socket | None = None
+        self._capture_chunks: list[bytes] = []
+        self._capture_ready = asyncio.Event()
+        self._capture_lock = asyncio.Lock()
+        self._client: RunnerClient | None = None
+        self._oom_before = 0
+        self.pids: list[int] = [process.pid]
+        self.metadata: Mapping[str, JSON] = {}
+
+    # -- start-up -----------------------------------------------------------------------
+
+    async def _start(self, proto: socket.socket, capture: socket.socket, max_output: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._pidfd = os.pidfd_open(self._process.pid)
+        loop.add_reader(self._pidfd, self._on_exit)
+        reader, writer = await asyncio.open_unix_connection(sock=proto)
+        capture.setblocking(False)
+        self._capture = capture
+        loop.add_reader(capture.fileno(), self._on_capture_readable)
+        self._client = RunnerClient(
+            reader,
+            writer,
+            max_output_bytes=max_output,
+            death_report=self._death_report,
+            flush_side_channel=self._drain_capture,
+            label=f"{self.language} sandbox {self.sandbox_id}",
+        )
+        self._capture_task = asyncio.create_task(self._pump_capture())
+        await self._client.wait_ready(READY_TIMEOUT)
+        # Only trusted runner code has run so far: move every process of the sandbox
+        # into its cgroup now, and whatever the script starts later is born there.
+        self.pids = descendants(self._process.pid)
+        if self._cgroup is not None:
+            self._cgroup.add(self.pids)
+            self._oom_before = self._cgroup.oom_kills()
+
+    def _on_exit(self) -> None:
+        asyncio.get_running_loop().remove_reader(self._pidfd)
+        self._process.poll()
+        self._exited.set()
+
+    # The capture socket (the runner's fd 1/2): bytes are read synchronously when
+    # the socket turns readable and delivered in order by one task under a lock,
+    # which _drain_capture also takes, so a call ends only after all it wrote.
+
+    def _on_capture_readable(self) -> None:
+        self._read_capture()
+        self._capture_ready.set()
+
+    def _read_capture(self) -> None:
+        while self._capture is not None:
+            try:
+                data = self._capture.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:
+                asyncio.get_running_loop().remove_reader(self._capture.fileno())
+                self._capture.close()
+                self._capture = None
+                return
+            self._capture_tail = (self._capture_tail + data)[-4096:]
+            self._capture_chunks.append(data)
+
+    async def _deliver_capture(self) -> None:
+        async with self._capture_lock:
+            while self._capture_chunks:
+                data = self._capture_chunks.pop(0)
+                if self._client is not None:
+                    await self._client.on_capture(data)
+
+    async def _pump_capture(self) -> None:
+        while True:
+            await self._capture_ready.wait()
+            self._capture_ready.clear()
+            await self._deliver_capture()
+
+    async def _drain_capture(self) -> None:
+        """Deliver what the runner wrote to fd 1/2 before its last frame.
+
+        Those bytes are already queued on the capture socket when the result
+        arrives (the runner wrote them first); they belong to the call.
+        """
+        self._read_capture()
+        await self._deliver_capture()
+
+    async def _death_report(self) -> tuple[ErrorKind, str]:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2):
+                await self._exited.wait()
+        self._read_capture()  # the runner's last words (e.g. V8's out-of-memory report)
+        tail = self._capture_tail.decode("utf-8", "replace")
+        oom = self._cgroup is not None and self._cgroup.oom_kills() > self._oom_before
+        if oom or any(sign in tail for sign in _MEMORY_SIGNS):
+            return "memory", (
+                f"the sandbox ran out of memory (limit {self._backend.settings.memory_mb} MiB)"
+            )
+        code = self._process.returncode
+        how = (
+            f"killed by signal {signal.Signals(-code).name}"
+            if code is not None and code < 0
+            else f"exited with status {code}"
+        )
+        detail = tail.strip().splitlines()[-3:]
+        return "crashed", f"the runner {how}" + (f": {' | '.join(detail)}" if detail else "")
+
+    # -- the Sandbox interface ----------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        return (
+            not self._closed
+            and not self._exited.is_set()
+            and self._client is not None
+            and not self._client.broken
+        )
+
+    async def load(self, actor: ActorSource) -> Mapping[str, JSON]:
+        assert self._client is not None
+        try:
+            self.metadata = await self._client.load(actor, self._backend.settings.call_timeout)
+        except SandboxError as error:
+            if error.destroys_sandbox:
+                await self.close()
+            raise
+        return self.metadata
+
+    async def call(
+        self,
+        context: CallContext,
+        state: StateHandler,
+        events: EventSink,
+        *,
+        timeout: float,
+    ) -> dict[str, JSON]:
+        assert self._client is not None
+        try:
+            return await self._client.call(context, state, events, timeout=timeout)
+        except SandboxError as error:
+            if error.destroys_sandbox or self._client.broken:
+                await self.close()
+            raise
+
+    def memory_usage(self) -> int | None:
+        if self._closed:
+            return None
+        # Resident memory of the sandbox's processes; the cgroup's figure when larger
+        # (it also counts page cache and /tmp files, but on cgroup v1 without charge
+        # moving it misses what the runner allocated before it joined).
+        rss = rss_bytes(descendants(self._process.pid))
+        usage = self._cgroup.memory_usage() if self._cgroup is not None else None
+        return max(rss, usage or 0)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._process.pid, signal.SIGKILL)
+        if self._cgroup is not None:
+            self._cgroup.kill_all()
+        if self._pidfd >= 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await self._exited.wait()
+            if not self._exited.is_set():
+                asyncio.get_running_loop().remove_reader(self._pidfd)
+            os.close(self._pidfd)
+        self._process.poll()
+        if self._capture_task is not None:
+            self._capture_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._capture_task
+        if self._client is not None:
+            self._client.close_transport()
+        if self._capture is not None:
+            asyncio.get_running_loop().remove_reader(self._capture.fileno())
+            self._capture.close()
+            self._capture = None
+        if self._cgroup is not None:
+            for _ in range(50):
+                if self._cgroup.remove():
+                    break
+                self._cgroup.kill_all()
+                await asyncio.sleep(0.02)
+        _UIDS.give_back(self._uid)
+        self._backend._forget(self)
+
+
+class BubblewrapBackend(Backend):
+    """Starts sandboxes with bubblewrap; see the module docstring for what they get."""
+
+    name = "bubblewrap"
+
+    def __init__(
+        self,
+        settings: SandboxConfig,
+        *,
+        python_binary: str = PYTHON_BINARY,
+        node_binary: str = NODE_BINARY,
+    ) -> None:
+        self.settings = settings
+        self._binaries: dict[Language, str] = {"python": python_binary, "nodejs": node_binary}
+        self._sandboxes: set[BubblewrapSandbox] = set()
+        self._seccomp: bytes = b""
+        self._cgroups: CgroupManager | None = None
+        self._layout: _HostLayout | None = None
+        self._runner_dir: str | None = None
+        self._bwrap = "bwrap"
+        self._prlimit = "prlimit"
+
+    @property
+    def cgroups(self) -> CgroupManager | None:
+        """The cgroup manager in use, or None when running on rlimits alone."""
+        return self._cgroups
+
+    async def start(self) -> None:
+        bwrap = shutil.which("bwrap")
+        if bwrap is None:
+            raise SandboxError("unavailable", "bwrap is not installed (apt-get install bubblewrap)")
+        self._bwrap = bwrap
+        prlimit = shutil.which("prlimit")
+        if prlimit is None:
+            raise SandboxError("unavailable", "prlimit is missing (apt-get install util-linux)")
+        self._prlimit = prlimit
+        try:
+            self._seccomp = await asyncio.to_thread(seccomp.compile_filter)
+        except (OSError, ImportError) as error:
+            raise SandboxError("unavailable", f"cannot build the seccomp filter: {error}") from None
+        self._runner_dir = tempfile.mkdtemp(prefix="reflow-microsandbox-runners-")
+        os.chmod(self._runner_dir, 0o755)
+        for source in (PYTHON_RUNNER, NODE_RUNNER):
+            target = Path(self._runner_dir) / source.name
+            shutil.copyfile(source, target)
+            target.chmod(0o644)
+        layout = _HostLayout(self._runner_dir)
+        for language, binary in self._binaries.items():
+            if shutil.which(binary) is None:
+                log.warning("%s interpreter %s not found: %s sandboxes unavailable",
+                            language, binary, language)
+                continue
+            await asyncio.to_thread(layout.add, language, binary)
+        self._layout = layout
+        await asyncio.to_thread(CgroupManager.cleanup_leftovers)
+        self._cgroups = CgroupManager.create()
+
+    def _argv(self, language: Language, fd: int, seccomp_fd: int) -> list[str]:
+        assert self._layout is not None
+        layout = self._layout
+        settings = self.settings
+        argv = [
+            self._bwrap,
+            "--unshare-all",
+            "--unshare-user",
+            "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
+            "--hostname", "sandbox",
+            "--die-with-parent",
+            "--new-session",
+            "--cap-drop", "ALL",
+            "--clearenv",
+            "--setenv", "PATH", "/usr/bin:/bin",
+            "--setenv", "HOME", "/tmp",
+            "--setenv", "TMPDIR", "/tmp",
+            "--setenv", "LANG", "C.UTF-8",
+        ]  # fmt: skip
+        for target, link in layout.symlinks:
+            argv += ["--symlink", target, link]
+        for directory in layout.dirs[language]:
+            argv += ["--ro-bind", directory, directory]
+        argv += ["--ro-bind", layout.binaries[language], layout.binaries[language]]
+        for target, alias in layout.aliases.get(language, []):
+            argv += ["--symlink", target, alias]
+        argv += ["--ro-bind", layout.runner_dir, RUNNER_DIR]
+        for directory in settings.package_dirs:
+            argv += ["--ro-bind-try", directory, directory]
+        if settings.package_dirs:
+            variable = "REFLOW_PACKAGE_DIRS" if language == "python" else "NODE_PATH"
+            argv += ["--setenv", variable, ":".join(settings.package_dirs)]
+        argv += [
+            "--proc", "/proc",
+            "--dev", "/dev",
+            "--size", str(settings.tmp_size_mb * 1024 * 1024), "--tmpfs", "/tmp",
+            "--chdir", "/tmp",
+            # bwrap's root and /dev are writable tmpfs mounts: freeze them, last.
+            "--remount-ro", "/dev",
+            "--remount-ro", "/",
+            "--seccomp", str(seccomp_fd),
+            "--",
+        ]  # fmt: skip
+        channel = f"{fd},{fd}"
+        if language == "python":
+            runner = f"{RUNNER_DIR}/{PYTHON_RUNNER.name}"
+            argv += [layout.binaries[language], "-I", "-S", "-B", runner, "--fds", channel]
+        else:
+            heap = max(16, settings.memory_mb * 3 // 4)
+            runner = f"{RUNNER_DIR}/{NODE_RUNNER.name}"
+            argv += [
+                layout.binaries[language],
+                f"--max-old-space-size={heap}",
+                "--v8-pool-size=1",
+                runner,
+                "--fds",
+                channel,
+            ]
+        return argv
+
+    async def spawn(self, language: Language) -> Sandbox:
+        if self._layout is None:
+            raise SandboxError("unavailable", "the bubblewrap backend was not started")
+        if language not in self._layout.binaries:
+            raise SandboxError("unavailable", f"no {language} interpreter on this host")
+        sandbox_id = f"bwrap-{uuid.uuid4().hex[:12]}"
+        limits = Limits.for_language(self.settings, language)
+        uid = _UIDS.take()
+        cgroup: SandboxCgroup | None = None
+        proto_parent, proto_child = socket.socketpair()
+        capture_parent, capture_child = socket.socketpair()
+        seccomp_fd = seccomp.filter_fd(self._seccomp)
+        try:
+            if self._cgroups is not None:
+                try:
+                    cgroup = self._cgroups.sandbox(sandbox_id, limits)
+                except OSError as error:
+                    log.warning("sandbox %s runs without a cgroup: %s", sandbox_id, error)
+            argv = prlimit_command(limits, self._prlimit)
+            argv += self._argv(language, proto_child.fileno(), seccomp_fd)
+            process = _launch(argv, capture_child.fileno(), (proto_child.fileno(), seccomp_fd), uid)
+        except BaseException:
+            for sock in (proto_parent, capture_parent):
+                sock.close()
+            if cgroup is not None:
+                cgroup.remove()
+            _UIDS.give_back(uid)
+            raise
+        finally:
+            proto_child.close()
+            capture_child.close()
+            os.close(seccomp_fd)
+        sandbox = BubblewrapSandbox(self, language, sandbox_id, process, uid, cgroup)
+        self._sandboxes.add(sandbox)
+        try:
+            max_output = self.settings.max_output_bytes
+            await sandbox._start(proto_parent, capture_parent, max_output)
+        except BaseException:
+            await sandbox.close()
+            raise
+        return sandbox
+
+    def _forget(self, sandbox: BubblewrapSandbox) -> None:
+        self._sandboxes.discard(sandbox)
+
+    async def close(self) -> None:
+        sandboxes = list(self._sandboxes)
+        await asyncio.gather(*(sandbox.close() for sandbox in sandboxes), return_exceptions=True)
+        if self._cgroups is not None:
+            self._cgroups.close()
+            self._cgroups = None
+        if self._runner_dir is not None:
+            shutil.rmtree(self._runner_dir, ignore_errors=True)
+            self._runner_dir = None
+        self._layout = None

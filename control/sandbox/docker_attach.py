@@ -1,0 +1,159 @@
+"""A container's attached stdin/stdout as an asyncio (StreamReader, StreamWriter) pair.
+
+The Docker backend talks to the runner over the container's own stdin/stdout, attached
+through the engine's ``/containers/{id}/attach`` endpoint (no bind mounts, so the same
+images work when the control plane itself runs in a container). Without a TTY the engine
+multiplexes the output: every chunk is preceded by an 8-byte header (stream type, three
+zero bytes, big-endian payload length). :class:`StdStreamDemuxer` undoes that as a
+sans-I/O parser; :func:`open_attached_streams` wraps the hijacked socket for asyncio so
+the shared runner client sees plain byte streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+
+HEADER = struct.Struct(">BxxxL")
+STDIN, STDOUT, STDERR = 0, 1, 2
+STDERR_HIGH_WATER = 1024 * 1024
+
+log = logging.getLogger(__name__)
+
+
+class DemuxError(ValueError):
+    """The attach stream does not follow the engine's multiplexing format."""
+
+
+class StdStreamDemuxer:
+    """Splits the engine's multiplexed attach stream into (stream type, payload) chunks."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        """Add received bytes; return every chunk completed by them, in order."""
+        self._buffer += data
+        chunks: list[tuple[int, bytes]] = []
+        while len(self._buffer) >= HEADER.size:
+            stream, length = HEADER.unpack_from(self._buffer)
+            if stream not in (STDIN, STDOUT, STDERR):
+                raise DemuxError(f"unknown stream type {stream} in the attach stream")
+            end = HEADER.size + length
+            if len(self._buffer) < end:
+                break
+            chunks.append((stream, bytes(self._buffer[HEADER.size : end])))
+            del self._buffer[:end]
+        return chunks
+
+    @property
+    def pending(self) -> int:
+        """Bytes received that do not yet form a whole chunk."""
+        return len(self._buffer)
+
+
+class _DemuxingProtocol(asyncio.StreamReaderProtocol):
+    """Feeds stdout payloads to the StreamReader and stderr payloads to a pump task.
+
+    Stderr is buffered up to :data:`STDERR_HIGH_WATER` bytes; above that the socket stops
+    being read until the consumer has caught up, so a script flooding its stderr slows
+    itself down instead of filling the control plane's memory.
+    """
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        on_stderr: Callable[[bytes], Awaitable[None]] | None,
+    ) -> None:
+        super().__init__(reader)
+        self._attach_demuxer = StdStreamDemuxer()
+        self._attach_on_stderr = on_stderr
+        self._attach_stdout_reader = reader
+        self._attach_stderr = bytearray()
+        self._attach_stderr_ready = asyncio.Event()
+        self._attach_closed = False
+        self._attach_paused = False
+        self._attach_transport: asyncio.Transport | None = None
+        self.pump: asyncio.Task[None] | None = None
+        if on_stderr is not None:
+            self.pump = asyncio.get_running_loop().create_task(self._pump(on_stderr))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        assert isinstance(transport, asyncio.Transport)
+        self._attach_transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            chunks = self._attach_demuxer.feed(data)
+        except DemuxError as error:
+            self._attach_stdout_reader.set_exception(error)
+            return
+        for stream, payload in chunks:
+            if stream == STDOUT:
+                super().data_received(payload)
+            elif stream == STDERR and self._attach_on_stderr is not None and payload:
+                self._attach_stderr += payload
+                self._attach_stderr_ready.set()
+        if (
+            len(self._attach_stderr) > STDERR_HIGH_WATER
+            and not self._attach_paused
+            and self._attach_transport
+        ):
+            self._attach_paused = True
+            self._attach_transport.pause_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._attach_closed = True
+        self._attach_stderr_ready.set()
+        super().connection_lost(exc)
+
+    async def _pump(self, consumer: Callable[[bytes], Awaitable[None]]) -> None:
+        while True:
+            await self._attach_stderr_ready.wait()
+            self._attach_stderr_ready.clear()
+            if self._attach_stderr:
+                data = bytes(self._attach_stderr)
+                self._attach_stderr.clear()
+                try:
+                    await consumer(data)
+                except Exception:  # a consumer failure must not stop the pump
+                    log.exception("stderr consumer failed")
+            if (
+                self._attach_paused
+                and self._attach_transport is not None
+                and not self._attach_closed
+            ):
+                self._attach_paused = False
+                self._attach_transport.resume_reading()
+            if self._attach_closed and not self._attach_stderr:
+                return
+
+
+async def open_attached_streams(
+    sock: socket.socket,
+    *,
+    limit: int = 2**16,
+    on_stderr: Callable[[bytes], Awaitable[None]] | None = None,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Wrap a hijacked attach socket: writes go to the container's stdin, reads are stdout.
+
+    ``on_stderr`` receives the container's stderr in order, from a task of its own.
+    Closing the writer closes the socket; with ``stdin_once`` the engine then closes the
+    container's stdin, so the runner sees end of input and exits.
+    """
+    loop = asyncio.get_running_loop()
+    sock.setblocking(False)
+    reader = asyncio.StreamReader(limit=limit, loop=loop)
+    protocol = _DemuxingProtocol(reader, on_stderr)
+    try:
+        transport, _ = await loop.create_connection(lambda: protocol, sock=sock)
+    except BaseException:
+        if protocol.pump is not None:
+            protocol.pump.cancel()
+        raise
+    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+    return reader, writer

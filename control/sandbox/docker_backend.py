@@ -1,0 +1,253 @@
+"""The Docker sandbox backend: one container per sandbox, from a per-language runner image.
+
+Each sandbox is a container started with no network, a read-only root, a size-capped tmpfs
+``/tmp``, every capability dropped, ``no-new-privileges``, the engine's default seccomp
+profile, an unprivileged user, and pids/memory(+swap)/CPU limits (:mod:`.docker_engine`).
+The runner inside speaks the same frames as under bubblewrap, over the container's own
+stdin/stdout attached through the engine (:mod:`.docker_attach`): no bind mounts, so the
+images also serve a control plane that itself runs in a container.
+
+The blocking SDK runs in threads and only when a sandbox is created or removed; a call is
+the runner pipe alone. Containers are labelled with their owner (:mod:`.docker_owner`):
+``start()`` removes what a dead predecessor left behind, ``close()`` removes our own, and
+the engine closes a runner's stdin when its owner dies, so the runner exits by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from ..config import LANGUAGES, Language, SandboxConfig
+from . import docker_engine as engine
+from .base import (
+    JSON,
+    ActorSource,
+    Backend,
+    CallContext,
+    ErrorKind,
+    EventSink,
+    Sandbox,
+    SandboxError,
+    StateHandler,
+)
+from .docker_attach import open_attached_streams
+from .docker_cgroup import MemoryCgroup, find_memory_cgroup
+from .docker_owner import Owner
+from .runner_client import RunnerClient
+
+log = logging.getLogger(__name__)
+
+# The Node runner gets its channel on fds 3/4 (--fds) so that raw writes to fd 1 land on
+# stderr, which is captured as logs; the Python runner moves its channel off fd 0/1 itself.
+RUNNER_COMMANDS: dict[Language, tuple[str, ...]] = {
+    "python": ("python3", "-I", "-S", "/opt/reflow/python_runner.py"),
+    "nodejs": (
+        "sh",
+        "-c",
+        "exec 3<&0 4>&1 </dev/null >&2 && exec node /opt/reflow/node_runner.js --fds 3,4",
+    ),
+}
+READY_TIMEOUT = 20.0
+STDERR_TAIL = 2048
+
+
+class DockerSandbox(Sandbox):
+    """One runner in one container; the container is removed when the sandbox closes."""
+
+    def __init__(
+        self, backend: DockerBackend, language: Language, launched: engine.Launched
+    ) -> None:
+        self.language = language
+        self.container_id = launched.container_id
+        self.sandbox_id = f"docker-{launched.container_id[:12]}"
+        self._backend = backend
+        self._launched = launched
+        self._memory: MemoryCgroup | None = (
+            find_memory_cgroup(launched.host_pid) if launched.host_pid else None
+        )
+        self._stderr_tail = bytearray()
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._runner: RunnerClient | None = None
+        self._closed = False
+        self._close_lock = asyncio.Lock()
+
+    async def connect(self) -> None:
+        """Open the attached streams and wait for the runner's ``ready``."""
+        reader, writer = await open_attached_streams(self._launched.sock, on_stderr=self._stderr)
+        self._reader, self._writer = reader, writer
+        self._runner = RunnerClient(
+            reader,
+            writer,
+            max_output_bytes=self._backend.settings.max_output_bytes,
+            death_report=self._death_report,
+            label=f"the {self.language} runner in container {self.container_id[:12]}",
+        )
+        await self._runner.wait_ready(READY_TIMEOUT)
+
+    @property
+    def alive(self) -> bool:
+        return (
+            not self._closed
+            and self._runner is not None
+            and not self._runner.broken
+            and self._reader is not None
+            and not self._reader.at_eof()
+        )
+
+    def _client(self) -> RunnerClient:
+        if self._runner is None or self._closed:
+            raise SandboxError("crashed", f"sandbox {self.sandbox_id} is closed")
+        return self._runner
+
+    async def load(self, actor: ActorSource) -> Mapping[str, JSON]:
+        try:
+            return await self._client().load(actor, self._backend.settings.call_timeout)
+        except SandboxError as error:
+            await self._dispose_after(error)
+            raise
+
+    async def call(
+        self,
+        context: CallContext,
+        state: StateHandler,
+        events: EventSink,
+        *,
+        timeout: float,
+    ) -> dict[str, JSON]:
+        try:
+            return await self._client().call(context, state, events, timeout=timeout)
+        except SandboxError as error:
+            await self._dispose_after(error)
+            raise
+
+    async def _dispose_after(self, error: SandboxError) -> None:
+        # The runner client never kills: a runner that timed out or broke a limit is
+        # removed here, so the caller gets a dead sandbox as the interface promises.
+        if error.destroys_sandbox:
+            await self.close()
+
+    async def _stderr(self, data: bytes) -> None:
+        """The container's stderr: raw writes of the script (logs) or a dying runner's last
+        words (kept for the error message)."""
+        self._stderr_tail += data
+        del self._stderr_tail[:-STDERR_TAIL]
+        if self._runner is not None:
+            await self._runner.on_capture(data)
+
+    async def _death_report(self) -> tuple[ErrorKind, str]:
+        """Why the runner's stream ended: the engine knows of memory-limit kills."""
+        if self._closed:
+            return "crashed", f"sandbox {self.sandbox_id} was closed"
+        state = await asyncio.to_thread(engine.exit_state, self._backend.client, self.container_id)
+        if state.get("OOMKilled"):
+            return "memory", (
+                f"the sandbox went over its {self._backend.settings.memory_mb} MB memory limit "
+                "and was killed"
+            )
+        code = state.get("ExitCode")
+        detail = f"the runner exited (container exit code {code})"
+        tail = self._stderr_tail.decode("utf-8", "replace").strip()
+        if tail:
+            detail += f"; its last output: {tail[-500:]}"
+        return "crashed", detail
+
+    @property
+    def pids(self) -> list[int]:
+        """Host pids of every process in the container (from its cgroup; [] if unknown)."""
+        return self._memory.pids() if self._memory is not None else []
+
+    def memory_usage(self) -> int | None:
+        return self._memory.usage() if self._memory is not None else None
+
+    async def close(self) -> None:
+        async with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._backend.forget(self)
+            if self._writer is not None:
+                self._writer.close()
+            else:
+                self._launched.sock.close()
+            await asyncio.to_thread(engine.remove, self._backend.client, self.container_id)
+
+
+class DockerBackend(Backend):
+    """Sandboxes as containers of the local Docker engine (``sandbox.backend: docker``)."""
+
+    name = "docker"
+
+    def __init__(self, settings: SandboxConfig, *, owner: Owner | None = None) -> None:
+        self.settings = settings
+        self.owner = owner or Owner.current()
+        self._client: Any = None
+        self._sandboxes: set[DockerSandbox] = set()
+        self.reaped: list[str] = []
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            raise SandboxError("unavailable", "the docker backend is not started")
+        return self._client
+
+    async def start(self) -> None:
+        """Reach the engine, check both runner images, then reap dead owners' containers."""
+        client = await asyncio.to_thread(engine.connect, self.settings.docker.docker_host)
+        try:
+            for language in LANGUAGES:
+                image = engine.image_for(self.settings, language)
+                runner = engine.RUNNER_FILES[language]
+                await asyncio.to_thread(engine.check_image, client, image, runner)
+            self.reaped = await asyncio.to_thread(engine.reap, client, self.owner)
+        except BaseException:
+            client.close()
+            raise
+        if self.reaped:
+            log.info("removed %d containers of dead control planes", len(self.reaped))
+        self._client = client
+
+    async def spawn(self, language: Language) -> DockerSandbox:
+        name = f"reflow-sandbox-{language}-{uuid.uuid4().hex[:12]}"
+        launched = await asyncio.to_thread(
+            engine.launch,
+            self.client,
+            self.settings,
+            language,
+            RUNNER_COMMANDS[language],
+            self.owner.labels(),
+            name,
+        )
+        sandbox = DockerSandbox(self, language, launched)
+        self._sandboxes.add(sandbox)
+        try:
+            await sandbox.connect()
+        except BaseException as error:
+            await sandbox.close()
+            if isinstance(error, SandboxError):
+                image = engine.image_for(self.settings, language)
+                raise SandboxError(
+                    "unavailable", f"{error.message} (image {image})", details=error.details
+                ) from None
+            raise
+        return sandbox
+
+    def forget(self, sandbox: DockerSandbox) -> None:
+        self._sandboxes.discard(sandbox)
+
+    async def close(self) -> None:
+        """Remove every container this backend started (also ones it lost track of)."""
+        if self._client is None:
+            return
+        sandboxes = list(self._sandboxes)
+        await asyncio.gather(*(sandbox.close() for sandbox in sandboxes), return_exceptions=True)
+        try:
+            await asyncio.to_thread(engine.reap, self._client, self.owner, mine=True)
+        except Exception:
+            log.exception("could not remove this control plane's containers")
+        client, self._client = self._client, None
+        client.close()

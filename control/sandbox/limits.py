@@ -1,0 +1,349 @@
+"""Resource limits of a sandbox: cgroups where the host offers them, rlimits always.
+
+cgroups (v2, or the v1 hybrid layout with separate ``memory``, ``cpu`` and ``pids``
+hierarchies) give the real limits: memory without swap, a CPU quota, a process
+count, an OOM-kill counter that tells "memory" from "crashed", and the memory
+figure for the metric. One parent cgroup per backend, one child per sandbox, both
+created below the control plane's own cgroup and removed on close. When the
+hierarchy is not writable the backend runs on rlimits alone.
+
+rlimits are the floor, set by util-linux ``prlimit`` right before bwrap runs, so
+the runner and all it starts inherit them. The cgroup is joined once the runner
+reported ready: only trusted runner code has run by then, and whatever the
+script starts later is born inside it. ``RLIMIT_NPROC`` counts processes per
+*user*, so every sandbox runs as its own host uid (see ``bubblewrap.py``): with
+one shared uid, one fork bomb would starve every other sandbox, and for host
+root the limit is not enforced at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import resource
+import signal
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Language, SandboxConfig
+
+log = logging.getLogger(__name__)
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CPU_PERIOD_US = 100_000
+# Processes and threads the runtime itself needs besides what the script starts:
+# bwrap (outside and as the namespace's init) and the interpreter's own threads.
+RUNTIME_TASKS: dict[Language, int] = {"python": 4, "nodejs": 16}
+_counter = itertools.count()
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The numbers every mechanism is derived from."""
+
+    memory_bytes: int
+    cpu_limit: float
+    tasks: int
+    open_files: int
+    file_size_bytes: int
+    address_space_bytes: int | None
+
+    @classmethod
+    def for_language(cls, settings: SandboxConfig, language: Language) -> Limits:
+        memory = settings.memory_mb * 1024 * 1024
+        return cls(
+            memory_bytes=memory,
+            cpu_limit=settings.cpu_limit,
+            tasks=settings.max_processes + RUNTIME_TASKS[language],
+            open_files=settings.max_open_files,
+            file_size_bytes=settings.max_file_size_mb * 1024 * 1024,
+            # V8 reserves large virtual ranges up front: Node is bounded by
+            # --max-old-space-size and the cgroup instead.
+            address_space_bytes=memory if language == "python" else None,
+        )
+
+    def rlimits(self) -> list[tuple[int, int]]:
+        """(resource, value) pairs; soft and hard limits are set alike."""
+        pairs = [
+            (resource.RLIMIT_NPROC, self.tasks),
+            (resource.RLIMIT_NOFILE, self.open_files),
+            (resource.RLIMIT_FSIZE, self.file_size_bytes),
+            (resource.RLIMIT_CORE, 0),
+        ]
+        if self.address_space_bytes is not None:
+            pairs.append((resource.RLIMIT_AS, self.address_space_bytes))
+        return pairs
+
+
+_PRLIMIT_NAMES = {
+    resource.RLIMIT_NPROC: "nproc",
+    resource.RLIMIT_NOFILE: "nofile",
+    resource.RLIMIT_FSIZE: "fsize",
+    resource.RLIMIT_CORE: "core",
+    resource.RLIMIT_AS: "as",
+}
+
+
+def prlimit_command(limits: Limits, prlimit: str = "prlimit") -> list[str]:
+    """An argv prefix (util-linux ``prlimit``) that starts the sandbox under its rlimits.
+
+    The limits are set before bwrap runs, so they hold from the first instruction.
+    Setting them afterwards with ``prlimit(2)`` needs CAP_SYS_RESOURCE over the
+    sandbox's user namespace, which the control plane may lack (containers drop it),
+    and a ``preexec_fn`` is not safe in a threaded asyncio process.
+    """
+    argv = [prlimit]
+    for which, value in limits.rlimits():
+        argv.append(f"--{_PRLIMIT_NAMES[which]}={value}:{value}")
+    argv.append("--")
+    return argv
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it, parents first (read from /proc)."""
+    found = [pid]
+    index = 0
+    while index < len(found) and len(found) < 4096:
+        current = found[index]
+        index += 1
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{current}/task"):
+                with contextlib.suppress(OSError):
+                    children = Path(f"/proc/{current}/task/{task}/children").read_text()
+                    found.extend(int(child) for child in children.split())
+    return found
+
+
+def rss_bytes(pids: Iterable[int]) -> int:
+    """Resident memory of these processes (from /proc/PID/statm)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
+    return total
+
+
+def smaps_rollup(pid: int) -> dict[str, int]:
+    """``Rss``, ``Pss`` and friends of one process, in bytes."""
+    result: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+            name, _, rest = line.partition(":")
+            parts = rest.split()
+            if parts and parts[0].isdigit():
+                result[name.strip()] = int(parts[0]) * 1024
+    return result
+
+
+def _write(path: Path, value: str | int) -> None:
+    path.write_text(str(value))
+
+
+def _own_cgroup(controller: str) -> str:
+    """This process's cgroup path in the hierarchy of ``controller`` ('' for v2)."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controller in controllers.split(","):
+            return path
+    raise LookupError(controller)
+
+
+class SandboxCgroup:
+    """The cgroup(s) of one sandbox: limits set, processes added, usage read."""
+
+    def __init__(self, dirs: dict[str, Path], version: int) -> None:
+        self.dirs = dirs
+        self.version = version
+
+    def _file(self, controller: str, name: str) -> Path:
+        return self.dirs[controller] / name
+
+    def add(self, pids: Iterable[int]) -> None:
+        """Move processes in (each v1 hierarchy separately)."""
+        for pid in pids:
+            for directory in set(self.dirs.values()):
+                with contextlib.suppress(ProcessLookupError):
+                    _write(directory / "cgroup.procs", pid)
+
+    def memory_usage(self) -> int | None:
+        """Memory charged to the cgroup (process memory, page cache, tmpfs files)."""
+        name = "memory.current" if self.version == 2 else "memory.usage_in_bytes"
+        try:
+            return int(self._file("memory", name).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def oom_kills(self) -> int:
+        """How often the kernel killed a process here for memory."""
+        name = "memory.events" if self.version == 2 else "memory.oom_control"
+        try:
+            text = self._file("memory", name).read_text()
+        except OSError:
+            return 0
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+        return 0
+
+    def pids(self) -> list[int]:
+        found: set[int] = set()
+        for directory in set(self.dirs.values()):
+            with contextlib.suppress(OSError, ValueError):
+                found.update(int(p) for p in (directory / "cgroup.procs").read_text().split())
+        return sorted(found)
+
+    def kill_all(self) -> None:
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def remove(self) -> bool:
+        """Remove the directories; False while processes remain."""
+        removed = True
+        for directory in set(self.dirs.values()):
+            try:
+                directory.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                removed = False
+        return removed
+
+
+class CgroupManager:
+    """The backend's parent cgroup(s); makes one :class:`SandboxCgroup` per sandbox."""
+
+    V1_CONTROLLERS = ("memory", "cpu", "pids")
+
+    def __init__(self, version: int, parents: dict[str, Path]) -> None:
+        self.version = version
+        self.parents = parents
+
+    @classmethod
+    def create(cls, root: Path = CGROUP_ROOT) -> CgroupManager | None:
+        """Detect the layout and create the parent cgroup; None if cgroups are unusable."""
+        name = f"reflow-microsandbox-{os.getpid()}-{next(_counter)}"
+        try:
+            if (root / "cgroup.controllers").exists():
+                return cls._create_v2(root, name)
+            return cls._create_v1(root, name)
+        except (OSError, LookupError, ValueError) as error:
+            log.warning("cgroups unusable (%s): sandboxes get rlimits only", error)
+            return None
+
+    @classmethod
+    def _create_v1(cls, root: Path, name: str) -> CgroupManager:
+        parents: dict[str, Path] = {}
+        try:
+            for controller in cls.V1_CONTROLLERS:
+                base = root / controller
+                if not (base / "cgroup.procs").exists():
+                    raise LookupError(f"no v1 {controller} hierarchy at {base}")
+                parent = base / _own_cgroup(controller).lstrip("/") / name
+                parent.mkdir()
+                parents[controller] = parent
+            # Hierarchical accounting, so the parent sees its children's memory.
+            with contextlib.suppress(OSError):
+                _write(parents["memory"] / "memory.use_hierarchy", 1)
+        except BaseException:
+            for parent in parents.values():
+                with contextlib.suppress(OSError):
+                    parent.rmdir()
+            raise
+        return cls(1, parents)
+
+    @classmethod
+    def _create_v2(cls, root: Path, name: str) -> CgroupManager:
+        own = root / _own_cgroup("").lstrip("/")
+        wanted = {"memory", "cpu", "pids"}
+        available = set((own / "cgroup.controllers").read_text().split())
+        if not wanted <= available:
+            raise LookupError(f"controllers {sorted(wanted - available)} not delegated to {own}")
+        parent = own / name
+        parent.mkdir()
+        try:
+            _write(parent / "cgroup.subtree_control", " ".join(f"+{c}" for c in sorted(wanted)))
+        except BaseException:
+            parent.rmdir()
+            raise
+        return cls(2, {"memory": parent, "cpu": parent, "pids": parent})
+
+    @staticmethod
+    def cleanup_leftovers(root: Path = CGROUP_ROOT) -> int:
+        """Remove parent cgroups left by control planes that no longer run; returns the count."""
+        removed = 0
+        candidates: list[Path] = []
+        for base in (root, *(root / c for c in CgroupManager.V1_CONTROLLERS)):
+            with contextlib.suppress(OSError, LookupError):
+                controller = "" if base == root else base.name
+                own = base / _own_cgroup(controller).lstrip("/")
+                candidates.extend(own.glob("reflow-microsandbox-*"))
+        for parent in candidates:
+            pid = parent.name.split("-")[2]
+            if pid.isdigit() and Path(f"/proc/{pid}").exists():
+                continue
+            for child in parent.iterdir():
+                if child.is_dir():
+                    SandboxCgroup({"memory": child}, 1).kill_all()
+                    with contextlib.suppress(OSError):
+                        child.rmdir()
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+                removed += 1
+        return removed
+
+    def sandbox(self, sandbox_id: str, limits: Limits) -> SandboxCgroup:
+        """Create a child cgroup with the limits written."""
+        dirs = {controller: parent / sandbox_id for controller, parent in self.parents.items()}
+        for directory in set(dirs.values()):
+            directory.mkdir()
+        group = SandboxCgroup(dirs, self.version)
+        try:
+            if self.version == 2:
+                self._limit_v2(dirs["memory"], limits)
+            else:
+                self._limit_v1(dirs, limits)
+        except BaseException:
+            group.remove()
+            raise
+        return group
+
+    @staticmethod
+    def _limit_v1(dirs: dict[str, Path], limits: Limits) -> None:
+        memory = dirs["memory"]
+        _write(memory / "memory.limit_in_bytes", limits.memory_bytes)
+        memsw = memory / "memory.memsw.limit_in_bytes"
+        if memsw.exists():
+            _write(memsw, limits.memory_bytes)  # no swap beyond the limit
+        with contextlib.suppress(OSError):
+            _write(memory / "memory.swappiness", 0)
+        with contextlib.suppress(OSError):  # charge the runner's start-up memory here too
+            _write(memory / "memory.move_charge_at_immigrate", 3)
+        _write(dirs["cpu"] / "cpu.cfs_period_us", CPU_PERIOD_US)
+        _write(dirs["cpu"] / "cpu.cfs_quota_us", max(1000, int(limits.cpu_limit * CPU_PERIOD_US)))
+        _write(dirs["pids"] / "pids.max", limits.tasks)
+
+    @staticmethod
+    def _limit_v2(directory: Path, limits: Limits) -> None:
+        _write(directory / "memory.max", limits.memory_bytes)
+        with contextlib.suppress(OSError):
+            _write(directory / "memory.swap.max", 0)
+        quota = max(1000, int(limits.cpu_limit * CPU_PERIOD_US))
+        _write(directory / "cpu.max", f"{quota} {CPU_PERIOD_US}")
+        _write(directory / "pids.max", limits.tasks)
+
+    def close(self) -> None:
+        """Remove the parent cgroup(s) (children must be gone)."""
+        for parent in set(self.parents.values()):
+            with contextlib.suppress(OSError):
+                for child in parent.iterdir():
+                    if child.is_dir():
+                        SandboxCgroup({"memory": child}, self.version).kill_all()
+                        with contextlib.suppress(OSError):
+                            child.rmdir()
+                parent.rmdir()

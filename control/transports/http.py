@@ -1,0 +1,124 @@
+"""The HTTP transport (port 5555) and the metrics endpoint, on aiohttp.
+
+``GET /health`` says the process is alive; ``GET /ready`` says whether it should get
+traffic (pool warmed, state store answering), with the reasons when not;
+``POST /api/v1/rpc`` runs the same dispatcher as the WebSocket, with pushed outputs
+collected into ``result.outputs`` since HTTP has no push. Health and readiness stay
+open for load balancers; the RPC endpoint needs a token when tokens are configured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from .. import jsonrpc
+from ..jsonrpc import Dispatcher, Request
+from ..methods import CallScope
+from ..metrics import CONTENT_TYPE, Metrics
+from .auth import TokenAuth
+
+ReadyCheck = Callable[[], Awaitable[list[str]]]
+"""Returns why the server is not ready (empty when it is)."""
+
+_JSON = "application/json"
+_COLLECT = CallScope(push=None)
+
+
+async def _bound_port(runner: web.AppRunner, host: str, port: int) -> int:
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    address = runner.addresses[-1]
+    return int(address[1])
+
+
+class HttpTransport:
+    """Serves health, readiness and JSON-RPC over HTTP."""
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher[CallScope],
+        auth: TokenAuth,
+        ready: ReadyCheck,
+        max_body: int,
+        shutdown_timeout: float,
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._auth = auth
+        self._ready = ready
+        self._draining = False
+        app = web.Application(client_max_size=max_body)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/ready", self._readiness)
+        app.router.add_post("/api/v1/rpc", self._rpc)
+        self._runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=shutdown_timeout, handle_signals=False
+        )
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> int:
+        await self._runner.setup()
+        self.port = await _bound_port(self._runner, host, port)
+        return self.port
+
+    def stop_accepting(self) -> None:
+        """/ready turns 503 so balancers move traffic away while calls drain."""
+        self._draining = True
+
+    async def close(self) -> None:
+        if self._runner.server is not None:
+            await self._runner.cleanup()
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readiness(self, request: web.Request) -> web.Response:
+        reasons = ["the server is shutting down"] if self._draining else await self._ready()
+        if reasons:
+            return web.json_response({"ready": False, "reasons": reasons}, status=503)
+        return web.json_response({"ready": True})
+
+    async def _rpc(self, request: web.Request) -> web.Response:
+        if not self._auth.allows_request(request.headers):
+            return web.json_response(
+                {"error": "missing or invalid token"},
+                status=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        body = await request.read()
+        parsed = jsonrpc.parse(body)
+        reply: jsonrpc.Response | list[jsonrpc.Response] | None
+        if isinstance(parsed, dict):
+            self._dispatcher.rejected(parsed)
+            reply = parsed
+        elif isinstance(parsed, Request):
+            reply = await self._dispatcher.call(parsed, _COLLECT)
+        else:
+            reply = await self._dispatcher.call_batch(parsed, _COLLECT) or None
+        if reply is None:
+            return web.Response(status=204)
+        return web.Response(text=jsonrpc.encode(reply), content_type=_JSON)
+
+
+class MetricsEndpoint:
+    """``GET /metrics`` in the Prometheus text format, on its own port."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        app = web.Application()
+        app.router.add_get("/metrics", self._scrape)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> int:
+        await self._runner.setup()
+        self.port = await _bound_port(self._runner, host, port)
+        return self.port
+
+    async def close(self) -> None:
+        if self._runner.server is not None:
+            await self._runner.cleanup()
+
+    async def _scrape(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})

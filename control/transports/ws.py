@@ -1,0 +1,235 @@
+"""The WebSocket JSON-RPC transport (port 5556), a thin shell over :mod:`..jsonrpc`.
+
+Framing rules, all from Reflow's client contract:
+
+* Text in, text out. A client that never opts in to zstd only ever gets text frames.
+* zstd is opt-in: a client that sends a binary frame (zstd-compressed JSON) or
+  connects with ``?compression=zstd`` gets replies and pushes whose JSON exceeds
+  ``compression.threshold`` bytes as binary zstd frames; smaller ones stay text.
+* Every inbound message is capped at ``server.max_message_size``, after
+  permessage-deflate (the library closes with 1009) and after zstd (we close 1009).
+* Calls on one connection run concurrently, one task per frame (bounded per
+  connection); responses go out when ready. A call's ``output`` pushes are sent, in
+  order, before its response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from http import HTTPStatus
+
+import zstandard
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
+from websockets.http11 import Request as HttpRequest
+from websockets.http11 import Response as HttpResponse
+
+from .. import jsonrpc
+from ..compression import CompressionError, DecompressedTooLarge, is_zstd, zstd_decompress
+from ..config import Config
+from ..jsonrpc import Dispatcher, Request, Response
+from ..methods import CallScope
+from ..metrics import Metrics
+from ..sandbox.base import JSON
+from .auth import TokenAuth, query_param
+
+log = logging.getLogger(__name__)
+
+MAX_CALLS_PER_CONNECTION = 256
+"""Calls one connection may have running at once; reading pauses beyond that."""
+
+SHUTTING_DOWN = jsonrpc.RpcError(
+    jsonrpc.SANDBOX_ERROR_CODES["unavailable"],
+    "the server is shutting down",
+    {"kind": "unavailable"},
+)
+
+
+class _Peer:
+    """One connection: whether it opted in to zstd, and its running calls."""
+
+    __slots__ = ("conn", "limit", "scope", "tasks", "zstd")
+
+    def __init__(self, conn: ServerConnection, zstd: bool) -> None:
+        self.conn = conn
+        self.zstd = zstd
+        self.scope = CallScope()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.limit = asyncio.Semaphore(MAX_CALLS_PER_CONNECTION)
+
+
+class WsTransport:
+    """Serves the dispatcher over WebSocket; :meth:`start`, :meth:`drain`, :meth:`close`."""
+
+    def __init__(
+        self,
+        config: Config,
+        dispatcher: Dispatcher[CallScope],
+        auth: TokenAuth,
+        metrics: Metrics,
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._auth = auth
+        self._metrics = metrics
+        self._max_size = config.server.max_message_size
+        compress = config.compression.algorithm == "zstd" and config.compression.threshold > 0
+        self._threshold = config.compression.threshold if compress else None
+        self._compressor = zstandard.ZstdCompressor(level=config.compression.level)
+        self._server: Server | None = None
+        self._draining = False
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen; returns the bound port (``port`` 0 picks a free one)."""
+        self._server = await serve(
+            self._handle,
+            host,
+            port,
+            process_request=self._check_auth,
+            max_size=self._max_size,
+            compression="deflate",
+            server_header=None,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    def stop_accepting(self) -> None:
+        """Refuse new connections and new calls; running calls go on."""
+        self._draining = True
+        if self._server is not None:
+            self._server.close(close_connections=False)
+
+    async def close(self) -> None:
+        """Close every connection (1001 going away) and wait for the handlers."""
+        if self._server is None:
+            return
+        self._draining = True
+        self._server.close(close_connections=False)
+        connections = list(self._server.connections)
+        if connections:
+            await asyncio.gather(
+                *(conn.close(CloseCode.GOING_AWAY, "server shutting down") for conn in connections),
+                return_exceptions=True,
+            )
+        await self._server.wait_closed()
+
+    # -- handshake ------------------------------------------------------------------------
+
+    def _check_auth(self, conn: ServerConnection, request: HttpRequest) -> HttpResponse | None:
+        if self._auth.allows_request(request.headers, request.path):
+            return None
+        return conn.respond(HTTPStatus.UNAUTHORIZED, "missing or invalid token\n")
+
+    # -- one connection -------------------------------------------------------------------
+
+    async def _handle(self, conn: ServerConnection) -> None:
+        path = conn.request.path if conn.request is not None else ""
+        peer = _Peer(conn, zstd=query_param(path, "compression") == "zstd")
+        peer.scope = CallScope(push=functools.partial(self._notify, peer))
+        self._metrics.ws_connections.inc()
+        try:
+            await self._read_loop(peer)
+        except ConnectionClosed:
+            pass
+        finally:
+            self._metrics.ws_connections.dec()
+            # Calls still running finish (their state commits); their replies are dropped.
+            if peer.tasks:
+                await asyncio.gather(*peer.tasks, return_exceptions=True)
+
+    async def _read_loop(self, peer: _Peer) -> None:
+        conn = peer.conn
+        async for message in conn:
+            if isinstance(message, bytes):
+                peer.zstd = True
+                try:
+                    text: bytes | str = self._inflate(message)
+                except DecompressedTooLarge:
+                    await conn.close(CloseCode.MESSAGE_TOO_BIG, "decompressed message too big")
+                    return
+                except CompressionError as error:
+                    self._reject(
+                        peer,
+                        jsonrpc.error_response(None, jsonrpc.PARSE_ERROR, f"parse error: {error}"),
+                    )
+                    continue
+            else:
+                text = message
+            parsed = jsonrpc.parse(text)
+            if isinstance(parsed, dict):
+                self._reject(peer, parsed)
+                continue
+            await peer.limit.acquire()
+            task = asyncio.create_task(self._run(peer, parsed))
+            peer.tasks.add(task)
+            task.add_done_callback(peer.tasks.discard)
+
+    def _inflate(self, data: bytes) -> bytes:
+        if not is_zstd(data):
+            return data  # uncompressed JSON in a binary frame
+        plain = zstd_decompress(data, self._max_size)
+        self._metrics.compressed(len(plain), len(data))
+        return plain
+
+    def _reject(self, peer: _Peer, response: Response) -> None:
+        self._dispatcher.rejected(response)
+        task = asyncio.create_task(self._send(peer, response))
+        peer.tasks.add(task)
+        task.add_done_callback(peer.tasks.discard)
+
+    async def _run(self, peer: _Peer, parsed: Request | list[Request | Response]) -> None:
+        try:
+            scope = peer.scope
+            reply: Response | list[Response] | None
+            if self._draining:
+                reply = self._refuse(parsed)
+            elif isinstance(parsed, Request):
+                reply = await self._dispatcher.call(parsed, scope)
+            else:
+                reply = await self._dispatcher.call_batch(parsed, scope) or None
+            if reply is not None:
+                await self._send(peer, reply)
+        except Exception:
+            log.exception("a WebSocket call failed outside the dispatcher")
+        finally:
+            peer.limit.release()
+
+    def _refuse(
+        self, parsed: Request | list[Request | Response]
+    ) -> Response | list[Response] | None:
+        items = [parsed] if isinstance(parsed, Request) else parsed
+        answers: list[Response] = []
+        for item in items:
+            if isinstance(item, Request):
+                if not item.is_notification:
+                    answers.append(
+                        {"jsonrpc": "2.0", "id": item.id, "error": SHUTTING_DOWN.to_object()}
+                    )
+            else:
+                answers.append(item)
+        if isinstance(parsed, Request):
+            return answers[0] if answers else None
+        return answers or None
+
+    async def _notify(self, peer: _Peer, method: str, params: JSON) -> None:
+        await self._send(peer, jsonrpc.notification(method, params))
+
+    async def _send(self, peer: _Peer, message: Response | list[Response]) -> None:
+        """Text, or a binary zstd frame for an opted-in peer when the JSON is large."""
+        text = jsonrpc.encode(message)
+        try:
+            # A str of n characters is at most 4n bytes of UTF-8: most small replies
+            # skip the encode.
+            if peer.zstd and self._threshold is not None and 4 * len(text) > self._threshold:
+                data = text.encode("utf-8")
+                if len(data) > self._threshold:
+                    compressed = self._compressor.compress(data)
+                    self._metrics.compressed(len(data), len(compressed))
+                    await peer.conn.send(compressed)
+                    return
+            await peer.conn.send(text)
+        except ConnectionClosed:
+            pass  # the client left; nobody is waiting for this reply

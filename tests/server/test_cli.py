@@ -1,0 +1,137 @@
+"""The command line: check-config exit codes, `run` for script authors, SIGTERM drain."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .clients import RawClient
+from .conftest import ServerProcess, alive, config_data, descendants
+
+CLI = [sys.executable, "-m", "reflow_microsandbox"]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_check_config_accepts_the_documented_example_file() -> None:
+    result = cli("check-config", str(REPO / "microsandbox.example.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok: bubblewrap")
+    assert len(result.stdout.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "mentions"),
+    [
+        ("sandbox:\n  memory_mb: lots\n", "sandbox.memory_mb"),
+        ("compression:\n  algorithm: lz5\n", "compression.algorithm"),
+        ("server:\n  host: 0.0.0.0\n", "auth.tokens"),
+        ("sandbox:\n  pool:\n    python:\n      min_instances: 9\n      max_instances: 2\n",
+         "min_instances"),
+        ("surprise: 1\n", "surprise"),
+        ("server: [1, 2\n", "not valid YAML"),
+    ],
+)  # fmt: skip
+def test_check_config_rejects_a_bad_file_naming_the_key(
+    tmp_path: Path, content: str, mentions: str
+) -> None:
+    path = tmp_path / "microsandbox.yaml"
+    path.write_text(content)
+    result = cli("check-config", str(path))
+    assert result.returncode != 0
+    assert mentions in result.stderr
+    assert result.stdout == ""
+
+
+def test_check_config_of_a_missing_file_fails(tmp_path: Path) -> None:
+    result = cli("check-config", str(tmp_path / "absent.yaml"))
+    assert result.returncode != 0
+    assert "cannot read" in result.stderr
+
+
+def run_config(tmp_path: Path) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        yaml.safe_dump({"state": {"sqlite_path": str(tmp_path / "run-state.db")},
+                        "sandbox": {"memory_mb": 128}})
+    )  # fmt: skip
+    return path
+
+
+def test_run_executes_the_seed_example_and_state_persists_between_runs(
+    scripts: Path, tmp_path: Path
+) -> None:
+    config = run_config(tmp_path)
+    first = cli("run", str(scripts / "test_actor.py"), "--config", str(config))
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout) == {"status": "success", "counter": 0}
+    assert "push test:" in first.stderr  # the 10 KB push was shown as it happened
+    second = cli("run", str(scripts / "test_actor.py"), "--config", str(config))
+    assert json.loads(second.stdout) == {"status": "success", "counter": 1}
+
+
+def test_run_parses_inputs_as_json_when_they_parse_else_as_strings(
+    scripts: Path, tmp_path: Path
+) -> None:
+    config = str(run_config(tmp_path))
+    numbers = cli("run", str(scripts / "echo.py"), "--input", "data=[1, 2.5]", "--config", config)
+    assert json.loads(numbers.stdout) == {"out": [1, 2.5]}
+    text = cli("run", str(scripts / "echo.py"), "--input", "data=hello world", "--config", config)
+    assert json.loads(text.stdout) == {"out": "hello world"}
+
+
+def test_run_reports_a_failing_script_clearly_with_a_non_zero_exit(
+    scripts: Path, tmp_path: Path
+) -> None:
+    result = cli("run", str(scripts / "failing.py"), "--config", str(run_config(tmp_path)))
+    assert result.returncode == 1
+    first_error_line = next(line for line in result.stderr.splitlines() if "error" in line)
+    assert first_error_line.startswith("error (script_error): ")
+    assert "this actor always fails" in first_error_line
+    assert 'raise ValueError("this actor always fails")' in result.stderr  # the traceback
+    assert result.stdout == ""
+
+
+def test_run_refuses_a_malformed_input_and_a_missing_script(tmp_path: Path) -> None:
+    missing = cli("run", str(tmp_path / "nope.py"))
+    assert missing.returncode != 0 and "no such file" in missing.stderr
+    malformed = cli("run", str(tmp_path / "nope.py"), "--input", "no-equals-sign")
+    assert malformed.returncode != 0 and "PORT=VALUE" in malformed.stderr
+
+
+async def test_sigterm_drains_an_in_flight_call_exits_0_and_leaves_no_sandbox_behind(
+    scripts: Path, tmp_path: Path, server_processes: list[ServerProcess]
+) -> None:
+    data = config_data(scripts, tmp_path, None)
+    server = ServerProcess(data, tmp_path / "drain").start()
+    server_processes.append(server)
+    await server.wait_ready()
+    assert server.process is not None
+    client = await RawClient.open(server.ws_url)
+    try:
+        await client.send(
+            {"jsonrpc": "2.0", "id": "slow", "method": "process",
+             "params": {"actor_id": "slow", "payload": {"seconds": 3}}}
+        )  # fmt: skip
+        started = await client.recv()
+        assert started["params"]["port"] == "started"  # the call is running in a sandbox
+        sandboxes = descendants(server.process.pid)
+        assert sandboxes, "the server should have sandbox processes below it"
+        server.terminate()
+        response = await client.recv(timeout=30)
+        assert response["id"] == "slow"
+        assert response["result"] == {"outputs": {"slept": 3}}
+    finally:
+        await client.close()
+    code = await asyncio.to_thread(server.wait, 60)
+    assert code == 0, server.log
+    assert [pid for pid in sandboxes if alive(pid)] == []
