@@ -1,9 +1,9 @@
 // test_actor_js.js: the Node twin of test_actor.py from the deployment guide.
 const metadata = {
-  component: "test_actor_js",
-  description: "Pushes a large value, counts its calls in state",
-  inports: [],
-  outports: ["test", "status", "counter"]
+  "component": "test_actor_js",
+  "description": "Pushes a large value, counts its calls in state",
+  "inports": [],
+  "outports": ["test", "status", "counter"]
 };
 
 async function process(context) {
