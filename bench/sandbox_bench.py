@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reflow_microsandbox.config import Language, SandboxConfig
+from reflow_microsandbox.pool import SandboxPool
 from reflow_microsandbox.sandbox.base import ActorSource, Backend, CallContext, Sandbox
 from reflow_microsandbox.sandbox.bubblewrap import BubblewrapBackend
 from reflow_microsandbox.sandbox.limits import descendants, smaps_rollup
@@ -157,6 +158,32 @@ def _idle_memory(language: Language, kind: str, goal: str) -> Row:
     return measure
 
 
+@row("warm-pool acquire of a bound idle sandbox")
+async def pool_acquire(bench: Bench) -> Figure:
+    """Acquire + release of an actor's idle bound sandbox: the pool's own cost per call."""
+    config = SandboxConfig()
+    config.pool.python.min_instances = 1
+    config.pool.nodejs.min_instances = 0
+    backend = BubblewrapBackend(config)  # its own: pool.close() closes the backend too
+    await backend.start()
+    pool = SandboxPool(backend, config)
+    await pool.start()
+    await pool.wait_warmed(10)
+    actor = ActorSource(name="acq", namespace="bench", language="python", source=TRIVIAL["python"])
+    null = _Null()
+    await pool.execute(actor, CallContext(actor_id="acq", namespace="bench"), null, null)
+    samples = []
+    try:
+        for _ in range(bench.rounds * 50):
+            start = time.perf_counter()
+            member = await pool._acquire(actor)  # the pool's hot path, without the call
+            pool._release(member)
+            samples.append((time.perf_counter() - start) * 1e6)
+    finally:
+        await pool.close()
+    return Figure(samples, "us", goal="p50 < 1 ms", spread="p99")
+
+
 row("python sandbox cold start (spawn to ready)")(_cold_start("python", "p50 < 40 ms"))
 row("node sandbox cold start (spawn to ready)")(_cold_start("nodejs", "p50 < 150 ms"))
 row("python warm call through the runner pipe")(_warm_call("python"))
@@ -178,7 +205,7 @@ def _format(name: str, figure: Figure, yardstick_ms: float | None) -> str:
     return f"{name:<46}{values} {figure.spread:<4}{ratio:>8}  {figure.goal}{note}"
 
 
-async def run(rounds: int) -> None:
+async def run(rounds: int, docker: bool) -> None:
     backend = BubblewrapBackend(SandboxConfig())
     await backend.start()
     bench = Bench(backend=backend, rounds=rounds)
@@ -191,14 +218,31 @@ async def run(rounds: int) -> None:
     finally:
         await backend.close()
     print(f"({rounds} rounds; bubblewrap backend, default limits, {cgroups})")
+    if docker:
+        await _docker_rows(rounds)
+
+
+async def _docker_rows(rounds: int) -> None:
+    """The Docker backend's rows (bench/docker_bench.py), in the same run."""
+    # bench/ is sys.path[0] when this file runs as a program
+    import docker_bench  # type: ignore[import-not-found]
+
+    print()
+    try:
+        rows = await docker_bench.measure(runs=rounds, calls=rounds * 25)
+    except Exception as error:  # no engine, no image: say so instead of a traceback
+        print(f"docker rows skipped: {error}")
+        return
+    docker_bench.print_rows(rows)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=40, help="samples per start-up row")
     parser.add_argument("--quick", action="store_true", help="10 rounds")
+    parser.add_argument("--no-docker", action="store_true", help="skip the Docker rows")
     args = parser.parse_args(argv)
-    asyncio.run(run(10 if args.quick else args.rounds))
+    asyncio.run(run(10 if args.quick else args.rounds, docker=not args.no_docker))
 
 
 if __name__ == "__main__":
