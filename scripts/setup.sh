@@ -14,6 +14,7 @@ APT_PACKAGES=(
   prometheus            # promtool checks the rendered scrape config and alert rules
   docker.io docker-compose debootstrap  # the Docker backend, images and compose stack
   iproute2 procps curl ca-certificates git
+  openssl               # the TLS balancer test makes a self-signed certificate
 )
 
 missing=()
