@@ -79,3 +79,20 @@ def test_a_file_that_is_not_a_mapping_is_refused(tmp_path: Path, text: str) -> N
     file.write_text(text)
     with pytest.raises(ConfigError):
         load_config(file, environ={})
+
+
+def test_the_example_file_documents_every_key_with_its_default(repo_root: Path) -> None:
+    import yaml
+
+    from reflow_microsandbox.config import Config
+
+    example = yaml.safe_load((repo_root / "microsandbox.example.yaml").read_text())
+
+    def keys(node: object, prefix: str = "") -> set[str]:
+        if not isinstance(node, dict):
+            return {prefix}
+        return set().union(*(keys(value, f"{prefix}{key}.") for key, value in node.items()))
+
+    defaults = Config().model_dump()
+    assert keys(example) == keys(defaults)
+    assert parse_config(example) == Config()
