@@ -1,6 +1,6 @@
 // Reflow MicroSandbox Node.js runner: runs inside the sandbox, plain Node (no npm).
 //
-// Started as `node node_runner.js [--fds IN,OUT]`. It speaks the length-prefixed
+// Started as `node node_runner.js [--fds IN,OUT] [--end-marker[=FD]]`. It speaks the length-prefixed
 // JSON frames documented in reflow_microsandbox/sandbox/frames.py (4-byte
 // big-endian length + UTF-8 JSON object) on a private channel, loads one actor
 // script, then runs its process(context) once per "call" frame.
@@ -10,14 +10,41 @@
 // stdin/stdout; console and process.stdout/stderr are captured as log frames,
 // but raw writes to fd 1 (fs.writeSync(1), child processes) cannot be kept
 // off it: Node has no dup2. Launchers should prefer --fds.
+//
+// With --end-marker the runner writes "\0msb-end:<call id>\0\n" to fd 2 (or to FD, a
+// launcher's private copy of fd 2: Node cannot dup one) right before each call's final
+// frame, so a backend whose fd 2 stream is not ordered with the channel (Docker) can tell
+// when it has received everything the call wrote raw.
 'use strict';
 
+const fs = require('fs');
 const net = require('net');
 const util = require('util');
 const vm = require('vm');
 
 const RUNNER_FILE = __filename;
 const MAX_MESSAGE = 64 * 1024 * 1024;
+const END_MARKER_FD = (() => {
+  const flag = process.argv.find((arg) => arg === '--end-marker' || arg.startsWith('--end-marker='));
+  return flag === undefined ? null : Number(flag.split('=')[1] ?? 2);
+})();
+const napCell = new Int32Array(new SharedArrayBuffer(4));
+
+// Marks the end of call `id` (see --end-marker). Node may make the pipe non-blocking,
+// so a full pipe is retried for up to 2 s; a closed descriptor is given up on at once.
+function writeEndMarker(id) {
+  if (END_MARKER_FD === null || !Number.isInteger(id)) return;
+  const marker = Buffer.from(`\0msb-end:${id}\0\n`, 'latin1');
+  for (let tries = 0; tries < 2000; tries++) {
+    try {
+      fs.writeSync(END_MARKER_FD, marker); // shorter than PIPE_BUF: written whole or not at all
+      return;
+    } catch (error) {
+      if (error.code !== 'EAGAIN') return;
+      Atomics.wait(napCell, 0, 0, 1);
+    }
+  }
+}
 
 // The transport in one place: a --connect option would only change this function.
 function openTransport(argv) {
@@ -251,6 +278,7 @@ class Runner {
   async call(message) {
     const id = message.id;
     if (!this.actor) {
+      writeEndMarker(id);
       this.channel.send({
         type: 'error', id, kind: 'load_error', error_type: 'LoadError',
         message: 'no actor is loaded in this sandbox', traceback: '',
@@ -265,8 +293,10 @@ class Runner {
       else if (typeof value === 'object' && !Array.isArray(value)) outputs = value;
       else outputs = { output: value };
       outputs = JSON.parse(strictJson(outputs, 'the returned value'));
+      writeEndMarker(id);
       this.channel.send({ type: 'result', id, outputs });
     } catch (error) {
+      writeEndMarker(id);
       this.sendError(error instanceof StateError ? 'state_error' : 'script_error', error, id);
     } finally {
       this.callId = null;
@@ -295,7 +325,10 @@ function main() {
   const transport = openTransport(process.argv);
   const runner = new Runner(transport);
   captureConsole(runner);
-  process.on('uncaughtException', (error) => runner.sendError('script_error', error, runner.callId));
+  process.on('uncaughtException', (error) => {
+    writeEndMarker(runner.callId);
+    runner.sendError('script_error', error, runner.callId);
+  });
   process.on('unhandledRejection', (reason) => runner.log('error', `unhandled rejection: ${trimStack(reason, runner.filename)}`));
   runner.channel.send({ type: 'ready', language: 'nodejs', pid: process.pid });
 }

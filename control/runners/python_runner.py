@@ -1,7 +1,7 @@
 """Reflow MicroSandbox Python runner: runs inside the sandbox, stdlib only.
 
-Started as ``python3 -I -S python_runner.py [--fds IN,OUT]``. It speaks the
-length-prefixed JSON frames of ``reflow_microsandbox.sandbox.frames`` (documented
+Started as ``python3 -I -S python_runner.py [--fds IN,OUT] [--end-marker]``. It speaks
+the length-prefixed JSON frames of ``reflow_microsandbox.sandbox.frames`` (documented
 there) on a private channel, loads one actor script, then runs its ``process``
 function once per ``call`` frame. It imports nothing heavy at start-up (no asyncio,
 no threads): a coroutine is driven by hand while it only awaits ``context``
@@ -9,6 +9,9 @@ methods, and an event loop is made only for scripts that use asyncio.
 
 What the script writes to ``sys.stdout``/``sys.stderr`` becomes ``log`` frames; raw
 writes to fd 1/2 (``os.write``, child processes) never reach the protocol channel.
+With ``--end-marker`` the runner writes ``\\x00msb-end:<call id>\\x00\\n`` to fd 2 right
+before each call's final frame, so a backend whose fd 2 stream is not ordered with the
+channel (Docker) can tell when it has received everything the call wrote raw.
 """
 
 from __future__ import annotations
@@ -288,6 +291,7 @@ class Runner:
         self.uses_asyncio = False
         self.loop: Any = None
         self.call_id: int | None = None
+        self.marker_fd: int | None = None
         self._state_seq = 0
 
     def log(self, level: str, message: str) -> None:
@@ -310,6 +314,19 @@ class Runner:
         if not answer.get("ok"):
             raise StateError(answer.get("error") or "state request failed")
         return answer.get("value")
+
+    def end_call(self, call_id: Any) -> None:
+        """Flush what the script wrote to its streams; with --end-marker, mark fd 2."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for stream in (sys.__stdout__, sys.__stderr__):  # raw, buffered fd 1/2 writes
+            try:
+                if stream is not None:
+                    stream.flush()
+            except Exception:  # a closed or broken fd 1/2 must not fail the call
+                pass
+        if self.marker_fd is not None and type(call_id) is int:
+            write_marker(self.marker_fd, b"\x00msb-end:%d\x00\n" % call_id)
 
     def error(self, kind: str, error: BaseException, call_id: int | None = None) -> None:
         if isinstance(error, MemoryError):
@@ -399,14 +416,12 @@ class Runner:
             else:
                 outputs = {"output": value}
             strict_json(outputs, "the returned value")
-            sys.stdout.flush()
-            sys.stderr.flush()
+            self.end_call(call_id)
             self.channel.send({"type": "result", "id": call_id, "outputs": outputs})
         except BaseException as error:  # report everything, keep serving
             if isinstance(error, KeyboardInterrupt):
                 raise
-            sys.stdout.flush()
-            sys.stderr.flush()
+            self.end_call(call_id)
             kind = "state_error" if isinstance(error, StateError) else "script_error"
             self.error(kind, error, call_id)
         finally:
@@ -424,6 +439,7 @@ class Runner:
             elif kind == "load" and self.function is None:
                 self.load(message)
             elif kind == "call":
+                self.end_call(message.get("id"))
                 self.channel.send(
                     {
                         "type": "error",
@@ -436,12 +452,29 @@ class Runner:
                 )
 
 
+def write_marker(fd: int, marker: bytes) -> None:
+    """Write an end-of-call marker; give up quietly if fd 2 is gone (bounded retry if full)."""
+    for _ in range(2000):
+        try:
+            os.write(fd, marker)  # shorter than PIPE_BUF: written whole or not at all
+            return
+        except BlockingIOError:  # the script made the pipe non-blocking and filled it
+            import time
+
+            time.sleep(0.001)
+        except OSError:
+            return
+
+
 def main() -> None:
     channel = Channel(*open_transport(sys.argv))
     extra = os.environ.get("REFLOW_PACKAGE_DIRS")
     if extra:
         sys.path.extend(part for part in extra.split(":") if part)
     runner = Runner(channel)
+    if "--end-marker" in sys.argv:
+        # A private copy of fd 2: the script may close or replace its own fd 2.
+        runner.marker_fd = os.dup(2)
     sys.stdout = LogStream(runner, "info", 1)
     sys.stderr = LogStream(runner, "error", 2)
     try:

@@ -7,12 +7,19 @@ multiplexes the output: every chunk is preceded by an 8-byte header (stream type
 zero bytes, big-endian payload length). :class:`StdStreamDemuxer` undoes that as a
 sans-I/O parser; :func:`open_attached_streams` wraps the hijacked socket for asyncio so
 the shared runner client sees plain byte streams.
+
+The engine copies the container's stdout and stderr in separate goroutines, so bytes a
+script wrote raw to fd 1/2 (the stderr stream) may arrive after the call's result frame
+(stdout). Runners started with ``--end-marker`` therefore write :func:`end_marker` to fd 2
+right before each call's final frame; :class:`EndMarkerScanner` finds those markers in the
+stderr stream so the backend can wait for them and deliver what came before to the call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -20,6 +27,9 @@ from collections.abc import Awaitable, Callable
 HEADER = struct.Struct(">BxxxL")
 STDIN, STDOUT, STDERR = 0, 1, 2
 STDERR_HIGH_WATER = 1024 * 1024
+MARKER_PREFIX = b"\x00msb-end:"
+_MARKER = re.compile(rb"\x00msb-end:(\d{1,20})\x00\n")
+_MAX_PARTIAL = len(MARKER_PREFIX) + 20 + 1
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +63,58 @@ class StdStreamDemuxer:
     def pending(self) -> int:
         """Bytes received that do not yet form a whole chunk."""
         return len(self._buffer)
+
+
+def end_marker(call_id: int) -> bytes:
+    """The line a runner started with ``--end-marker`` writes to fd 2 as call ``call_id`` ends."""
+    return MARKER_PREFIX + str(call_id).encode("ascii") + b"\x00\n"
+
+
+def _is_partial_marker(tail: bytes) -> bool:
+    """Whether ``tail`` is the beginning of a marker (so may be completed by later bytes)."""
+    if len(tail) <= len(MARKER_PREFIX):
+        return MARKER_PREFIX.startswith(tail)
+    if not tail.startswith(MARKER_PREFIX):
+        return False
+    digits = tail[len(MARKER_PREFIX) :]
+    if digits.endswith(b"\x00"):
+        digits = digits[:-1]
+    return 0 < len(digits) <= 20 and digits.isdigit()
+
+
+class EndMarkerScanner:
+    """Splits a stderr stream into text and end-of-call markers, in order (sans-I/O).
+
+    A marker split across chunks is held back until it is complete (bytes that only look
+    like the start of one go out with the next chunk).
+    """
+
+    def __init__(self) -> None:
+        self._held = b""
+
+    def feed(self, data: bytes) -> list[bytes | int]:
+        """Add received bytes; return the text (bytes) and call ids (int) they complete."""
+        if self._held:
+            data, self._held = self._held + data, b""
+        if b"\x00" not in data:
+            return [data] if data else []
+        parts: list[bytes | int] = []
+        start = 0
+        for match in _MARKER.finditer(data):
+            if match.start() > start:
+                parts.append(data[start : match.start()])
+            parts.append(int(match.group(1)))
+            start = match.end()
+        nul = data.find(b"\x00", max(start, len(data) - _MAX_PARTIAL))
+        while nul >= 0:  # hold back the longest tail that may still become a marker
+            if _is_partial_marker(data[nul:]):
+                self._held = data[nul:]
+                data = data[:nul]
+                break
+            nul = data.find(b"\x00", nul + 1)
+        if len(data) > start:
+            parts.append(data[start:])
+        return parts
 
 
 class _DemuxingProtocol(asyncio.StreamReaderProtocol):

@@ -5,7 +5,10 @@ Each sandbox is a container started with no network, a read-only root, a size-ca
 profile, an unprivileged user, and pids/memory(+swap)/CPU limits (:mod:`.docker_engine`).
 The runner inside speaks the same frames as under bubblewrap, over the container's own
 stdin/stdout attached through the engine (:mod:`.docker_attach`): no bind mounts, so the
-images also serve a control plane that itself runs in a container.
+images also serve a control plane that itself runs in a container. The engine may deliver a
+script's raw fd 1/2 bytes (container stderr) after the call's result (container stdout), so
+the runners are started with ``--end-marker`` and a call ends once its marker has come
+through stderr, with everything before it delivered as the call's logs.
 
 The blocking SDK runs in threads and only when a sandbox is created or removed; a call is
 the runner pipe alone. Containers are labelled with their owner (:mod:`.docker_owner`):
@@ -34,7 +37,7 @@ from .base import (
     SandboxError,
     StateHandler,
 )
-from .docker_attach import open_attached_streams
+from .docker_attach import EndMarkerScanner, open_attached_streams
 from .docker_cgroup import MemoryCgroup, find_memory_cgroup
 from .docker_owner import Owner
 from .runner_client import RunnerClient
@@ -43,16 +46,21 @@ log = logging.getLogger(__name__)
 
 # The Node runner gets its channel on fds 3/4 (--fds) so that raw writes to fd 1 land on
 # stderr, which is captured as logs; the Python runner moves its channel off fd 0/1 itself.
+# --end-marker: each call's last frame is preceded by a marker line on stderr (Node gets
+# a private copy of stderr on fd 5 for it, as it cannot dup one itself).
 RUNNER_COMMANDS: dict[Language, tuple[str, ...]] = {
-    "python": ("python3", "-I", "-S", "/opt/reflow/python_runner.py"),
+    "python": ("python3", "-I", "-S", "/opt/reflow/python_runner.py", "--end-marker"),
     "nodejs": (
         "sh",
         "-c",
-        "exec 3<&0 4>&1 </dev/null >&2 && exec node /opt/reflow/node_runner.js --fds 3,4",
+        "exec 3<&0 4>&1 5>&2 </dev/null >&2 && "
+        "exec node /opt/reflow/node_runner.js --fds 3,4 --end-marker=5",
     ),
 }
 READY_TIMEOUT = 20.0
 STDERR_TAIL = 2048
+MARKER_WAIT = 2.0  # longest wait for a call's end marker (a script may have closed fd 2)
+MARKER_MARGIN = 0.05  # the wait always ends this long before the call's own deadline
 
 
 class DockerSandbox(Sandbox):
@@ -70,6 +78,10 @@ class DockerSandbox(Sandbox):
             find_memory_cgroup(launched.host_pid) if launched.host_pid else None
         )
         self._stderr_tail = bytearray()
+        self._markers = EndMarkerScanner()
+        self._marker_seen = 0
+        self._marker_arrived = asyncio.Event()
+        self._call_deadline = 0.0
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._runner: RunnerClient | None = None
@@ -85,6 +97,7 @@ class DockerSandbox(Sandbox):
             writer,
             max_output_bytes=self._backend.settings.max_output_bytes,
             death_report=self._death_report,
+            flush_side_channel=self._await_end_marker,
             label=f"the {self.language} runner in container {self.container_id[:12]}",
         )
         await self._runner.wait_ready(READY_TIMEOUT)
@@ -119,6 +132,7 @@ class DockerSandbox(Sandbox):
         *,
         timeout: float,
     ) -> dict[str, JSON]:
+        self._call_deadline = asyncio.get_running_loop().time() + timeout
         try:
             return await self._client().call(context, state, events, timeout=timeout)
         except SandboxError as error:
@@ -132,12 +146,36 @@ class DockerSandbox(Sandbox):
             await self.close()
 
     async def _stderr(self, data: bytes) -> None:
-        """The container's stderr: raw writes of the script (logs) or a dying runner's last
-        words (kept for the error message)."""
+        """The container's stderr: raw writes of the script (logs), the runner's end-of-call
+        markers, or a dying runner's last words (kept for the error message)."""
+        for part in self._markers.feed(data):
+            if isinstance(part, int):
+                self._marker_seen = max(self._marker_seen, part)
+                self._marker_arrived.set()
+            else:
+                await self._capture(part)
+
+    async def _capture(self, data: bytes) -> None:
         self._stderr_tail += data
         del self._stderr_tail[:-STDERR_TAIL]
         if self._runner is not None:
             await self._runner.on_capture(data)
+
+    async def _await_end_marker(self) -> None:
+        """Called by the runner client at the call's last frame: wait (bounded) until the
+        call's end marker came through stderr, so all the call wrote raw is delivered."""
+        runner = self._runner
+        if runner is None or self._marker_seen >= runner.call_id:
+            return
+        loop = asyncio.get_running_loop()
+        budget = min(MARKER_WAIT, self._call_deadline - loop.time() - MARKER_MARGIN)
+        try:
+            async with asyncio.timeout(max(budget, 0.0)):
+                while self._marker_seen < runner.call_id:
+                    self._marker_arrived.clear()
+                    await self._marker_arrived.wait()
+        except TimeoutError:
+            log.debug("%s: no end marker for call %d", self.sandbox_id, runner.call_id)
 
     async def _death_report(self) -> tuple[ErrorKind, str]:
         """Why the runner's stream ended: the engine knows of memory-limit kills."""

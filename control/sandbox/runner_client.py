@@ -66,6 +66,11 @@ class RunnerClient:
         self.broken = False
         self.ready: Message = {}
 
+    @property
+    def call_id(self) -> int:
+        """The id of the latest call frame sent (0 before the first call)."""
+        return self._call_id
+
     # -- the Sandbox operations -------------------------------------------------------
 
     async def wait_ready(self, timeout: float) -> Message:

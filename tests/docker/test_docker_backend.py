@@ -250,6 +250,120 @@ async def test_going_over_the_memory_limit_is_a_memory_error_and_kills_the_conta
     assert await run_once(docker_backend, "def process(context):\n    return 1\n") == {"output": 1}
 
 
+RAW_WRITERS: dict[Language, str] = {
+    "python": """
+        import os
+        def process(context):
+            n = context.get_input("n")
+            os.write(1, b"raw out %d\\n" % n)
+            os.write(2, b"raw err %d\\n" % n)
+            return {"n": n}
+        """,
+    "nodejs": """
+        const fs = require("fs");
+        function process(context) {
+          const n = context.getInput("n");
+          fs.writeSync(1, `raw out ${n}\\n`);
+          fs.writeSync(2, `raw err ${n}\\n`);
+          return { n };
+        }
+        module.exports = { process };
+        """,
+}
+
+
+@pytest.mark.parametrize("language", sorted(RAW_WRITERS))
+async def test_raw_fd_writes_are_logs_of_the_call_that_wrote_them_every_time(
+    docker_backend: DockerBackend, language: Language
+) -> None:
+    # The engine copies stdout (frames) and stderr (raw bytes) separately: without the
+    # end-of-call marker some of these calls would end before their raw bytes arrived.
+    sandbox = await docker_backend.spawn(language)
+    try:
+        await sandbox.load(actor(RAW_WRITERS[language], language))
+        for n in range(25):
+            events = Events()
+            result = await sandbox.call(
+                CallContext("probe", "tests", {"n": n}), DictState(), events, timeout=10
+            )
+            assert result == {"n": n}
+            text = "\n".join(message for _, message in events.logs)
+            assert f"raw out {n}" in text and f"raw err {n}" in text, (n, events.logs)
+            assert "msb-end" not in text and "\x00" not in text, events.logs
+    finally:
+        await sandbox.close()
+
+
+# Scripts that close stderr descriptors before they return: only fd 2, or every
+# descriptor leading to the stderr pipe except fd 1 (which also takes the runner's
+# private copy, so the end-of-call marker is lost and the backend must stop waiting).
+CLOSERS: dict[tuple[Language, str], str] = {
+    ("python", "fd 2"): """
+        import os
+        def process(context):
+            if os.path.exists("/proc/self/fd/2"):
+                os.close(2)
+            os.write(1, b"still logged\\n")
+            return {"ok": True}
+        """,
+    ("python", "every stderr fd"): """
+        import os
+        def process(context):
+            pipe = os.readlink("/proc/self/fd/1")
+            for fd in map(int, os.listdir("/proc/self/fd")):
+                try:
+                    if fd != 1 and os.readlink(f"/proc/self/fd/{fd}") == pipe:
+                        os.close(fd)
+                except OSError:
+                    pass
+            os.write(1, b"still logged\\n")
+            return {"ok": True}
+        """,
+    ("nodejs", "fd 2"): """
+        const fs = require("fs");
+        function process(context) {
+          if (fs.existsSync("/proc/self/fd/2")) fs.closeSync(2);
+          fs.writeSync(1, "still logged\\n");
+          return { ok: true };
+        }
+        module.exports = { process };
+        """,
+    ("nodejs", "every stderr fd"): """
+        const fs = require("fs");
+        function process(context) {
+          const pipe = fs.readlinkSync("/proc/self/fd/1");
+          for (const fd of fs.readdirSync("/proc/self/fd").map(Number)) {
+            try {
+              if (fd !== 1 && fs.readlinkSync(`/proc/self/fd/${fd}`) === pipe) fs.closeSync(fd);
+            } catch (error) {}
+          }
+          fs.writeSync(1, "still logged\\n");
+          return { ok: true };
+        }
+        module.exports = { process };
+        """,
+}
+
+
+@pytest.mark.parametrize(("language", "closes"), sorted(CLOSERS))
+async def test_a_script_closing_its_stderr_descriptors_still_gets_results_and_logs(
+    docker_backend: DockerBackend, language: Language, closes: str
+) -> None:
+    sandbox = await docker_backend.spawn(language)
+    try:
+        await sandbox.load(actor(CLOSERS[language, closes], language))
+        for _ in range(2):
+            events = Events()
+            result = await sandbox.call(
+                CallContext("probe", "tests"), DictState(), events, timeout=10
+            )
+            assert result == {"ok": True}
+            assert sandbox.alive
+            assert any("still logged" in message for _, message in events.logs), events.logs
+    finally:
+        await sandbox.close()
+
+
 async def test_endless_loop_times_out_and_its_container_is_removed(
     docker_backend: DockerBackend,
 ) -> None:

@@ -1,4 +1,5 @@
-"""The Docker backend's engine-free parts: the attach-stream demuxer and the owner rule.
+"""The Docker backend's engine-free parts: the attach-stream demuxer, the end-of-call marker
+scanner and the owner rule.
 
 These need no engine, so they run everywhere (the other files in this folder skip without one).
 """
@@ -15,7 +16,9 @@ from reflow_microsandbox.sandbox.docker_attach import (
     STDERR,
     STDOUT,
     DemuxError,
+    EndMarkerScanner,
     StdStreamDemuxer,
+    end_marker,
 )
 from reflow_microsandbox.sandbox.docker_owner import (
     OWNER_BOOT,
@@ -50,6 +53,37 @@ def test_demuxer_refuses_a_stream_that_is_not_multiplexed() -> None:
     demuxer = StdStreamDemuxer()
     with pytest.raises(DemuxError):
         demuxer.feed(b'{"type": "ready"}')
+
+
+def scan_in_pieces(data: bytes, size: int) -> list[bytes | int]:
+    """Feed ``data`` in pieces of ``size`` bytes; join adjacent text parts."""
+    scanner = EndMarkerScanner()
+    parts: list[bytes | int] = []
+    for index in range(0, len(data), size):
+        for part in scanner.feed(data[index : index + size]):
+            if isinstance(part, bytes) and parts and isinstance(parts[-1], bytes):
+                parts[-1] += part
+            else:
+                parts.append(part)
+    return parts
+
+
+def test_end_markers_are_cut_out_of_stderr_and_split_it_by_call() -> None:
+    data = b"raw 1\n" + end_marker(1) + end_marker(2) + b"raw \x00 3\n" + end_marker(3)
+    assert scan_in_pieces(data, len(data)) == [b"raw 1\n", 1, 2, b"raw \x00 3\n", 3]
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 8, 13])
+def test_end_marker_split_across_chunks_is_still_found(size: int) -> None:
+    data = b"before\n" + end_marker(12345) + b"after\x00msb\n" + end_marker(6)
+    assert scan_in_pieces(data, size) == [b"before\n", 12345, b"after\x00msb\n", 6]
+
+
+def test_text_that_only_starts_like_a_marker_is_kept_as_text() -> None:
+    scanner = EndMarkerScanner()
+    assert scanner.feed(b"x\x00msb-end:") == [b"x"]  # held: it may still become a marker
+    assert scanner.feed(b"oops\n") == [b"\x00msb-end:oops\n"]
+    assert scanner.feed(b"\x00msb-end:7\x00 no\n") == [b"\x00msb-end:7\x00 no\n"]
 
 
 def test_owner_of_a_pid_that_no_longer_runs_is_dead() -> None:
