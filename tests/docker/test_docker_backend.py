@@ -25,42 +25,11 @@ from reflow_microsandbox.config import Language, SandboxConfig
 from reflow_microsandbox.sandbox.base import ActorSource, CallContext, SandboxError
 from reflow_microsandbox.sandbox.docker_backend import DockerBackend
 from reflow_microsandbox.sandbox.docker_owner import OWNER, Owner, process_start_time
+from tests.runtime.helpers import DictState, Events
 
 from .conftest import REPO_ROOT, containers_labelled, small_settings
 
 pytestmark = pytest.mark.docker
-
-
-class DictState:
-    """The StateHandler contract over a dict."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, Any] = {}
-
-    async def get(self, key: str, default: Any = None) -> Any:
-        return self.values.get(key, default)
-
-    async def set(self, key: str, value: Any) -> None:
-        self.values[key] = value
-
-    async def delete(self, key: str) -> None:
-        self.values.pop(key, None)
-
-    async def increment(self, key: str, by: int | float = 1) -> int | float:
-        self.values[key] = self.values.get(key, 0) + by
-        return self.values[key]  # type: ignore[no-any-return]
-
-
-class Events:
-    def __init__(self) -> None:
-        self.outputs: list[tuple[str, Any]] = []
-        self.logs: list[tuple[str, str]] = []
-
-    async def output(self, port: str, data: Any) -> None:
-        self.outputs.append((port, data))
-
-    async def log(self, level: str, message: str) -> None:
-        self.logs.append((level, message))
 
 
 def actor(source: str, language: Language = "python") -> ActorSource:
@@ -287,7 +256,7 @@ async def test_raw_fd_writes_are_logs_of_the_call_that_wrote_them_every_time(
                 CallContext("probe", "tests", {"n": n}), DictState(), events, timeout=10
             )
             assert result == {"n": n}
-            text = "\n".join(message for _, message in events.logs)
+            text = "\n".join(events.logs)
             assert f"raw out {n}" in text and f"raw err {n}" in text, (n, events.logs)
             assert "msb-end" not in text and "\x00" not in text, events.logs
     finally:
@@ -359,7 +328,7 @@ async def test_a_script_closing_its_stderr_descriptors_still_gets_results_and_lo
             )
             assert result == {"ok": True}
             assert sandbox.alive
-            assert any("still logged" in message for _, message in events.logs), events.logs
+            assert any("still logged" in message for message in events.logs), events.logs
     finally:
         await sandbox.close()
 

@@ -13,38 +13,6 @@ from reflow_microsandbox.sandbox.base import ActorSource, CallContext
 from reflow_microsandbox.sandbox.bubblewrap import BubblewrapBackend
 
 
-class DictState:
-    """The StateHandler interface over a dict: the runtime's own contract, no service faked."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, Any] = {}
-
-    async def get(self, key: str, default: Any = None) -> Any:
-        return self.values.get(key, default)
-
-    async def set(self, key: str, value: Any) -> None:
-        self.values[key] = value
-
-    async def delete(self, key: str) -> None:
-        self.values.pop(key, None)
-
-    async def increment(self, key: str, by: int | float = 1) -> int | float:
-        self.values[key] = self.values.get(key, 0) + by
-        return self.values[key]  # type: ignore[no-any-return]
-
-
-class Events:
-    def __init__(self) -> None:
-        self.outputs: list[tuple[str, Any]] = []
-        self.logs: list[tuple[str, str]] = []
-
-    async def output(self, port: str, data: Any) -> None:
-        self.outputs.append((port, data))
-
-    async def log(self, level: str, message: str) -> None:
-        self.logs.append((level, message))
-
-
 def python_actor(name: str, body: str) -> ActorSource:
     source = f"@actor\nasync def process(context):\n{body}\n"
     return ActorSource(name=name, namespace="default", language="python", source=source)

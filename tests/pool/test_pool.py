@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from reflow_microsandbox.sandbox.base import SandboxError
+from tests.runtime.helpers import DictState, Events
 
-from .conftest import DictState, Events, context, module_actor, python_actor
+from .conftest import context, module_actor, python_actor
 
 COUNTING = """
 calls = 0
