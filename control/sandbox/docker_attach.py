@@ -23,6 +23,7 @@ import re
 import socket
 import struct
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 HEADER = struct.Struct(">BxxxL")
 STDIN, STDOUT, STDERR = 0, 1, 2
@@ -145,8 +146,8 @@ class _DemuxingProtocol(asyncio.StreamReaderProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        assert isinstance(transport, asyncio.Transport)
-        self._attach_transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self._attach_transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         try:
