@@ -218,9 +218,21 @@ class BubblewrapSandbox(Sandbox):
             label=f"{self.language} sandbox {self.sandbox_id}",
         )
         self._capture_task = asyncio.create_task(self._pump_capture())
-        await self._client.wait_ready(READY_TIMEOUT)
-        # Only trusted runner code has run so far: move every process of the sandbox
-        # into its cgroup now, and whatever the script starts later is born there.
+        # Move bwrap into the sandbox's cgroups while it starts (in a thread: each write
+        # waits for an RCU grace period), so that the processes it creates are born
+        # inside; the check after "ready" moves any that were created before the move.
+        joining = None
+        if self._cgroup is not None:
+            joining = asyncio.ensure_future(
+                asyncio.to_thread(self._cgroup.add, [self._process.pid])
+            )
+        try:
+            await self._client.wait_ready(READY_TIMEOUT)
+        finally:
+            if joining is not None:
+                await joining
+        # Only trusted code (bwrap, the runner) has run so far; whatever the script starts
+        # later is born in the cgroups.
         self.pids = descendants(self._process.pid)
         if self._cgroup is not None:
             self._cgroup.add(self.pids)

@@ -163,11 +163,21 @@ class SandboxCgroup:
         return self.dirs[controller] / name
 
     def add(self, pids: Iterable[int]) -> None:
-        """Move processes in (each v1 hierarchy separately)."""
-        for pid in pids:
-            for directory in set(self.dirs.values()):
-                with contextlib.suppress(ProcessLookupError):
-                    _write(directory / "cgroup.procs", pid)
+        """Move processes in (each v1 hierarchy separately); ones already in are skipped.
+
+        Each write to ``cgroup.procs`` waits for an RCU grace period (milliseconds), so
+        processes that were born inside (they inherit their parent's cgroups) cost nothing.
+        """
+        wanted = list(pids)
+        for directory in set(self.dirs.values()):
+            try:
+                inside = {int(p) for p in (directory / "cgroup.procs").read_text().split()}
+            except (OSError, ValueError):
+                inside = set()
+            for pid in wanted:
+                if pid not in inside:
+                    with contextlib.suppress(ProcessLookupError):
+                        _write(directory / "cgroup.procs", pid)
 
     def memory_usage(self) -> int | None:
         """Memory charged to the cgroup (process memory, page cache, tmpfs files)."""
