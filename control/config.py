@@ -209,11 +209,12 @@ def _parse_env_value(value: str, annotation: Any) -> Any:
     return value
 
 
-def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` laid over it, nested mappings merged key by key."""
     merged = dict(base)
     for key, value in extra.items():
         if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -239,7 +240,7 @@ def parse_config(
     """Build the config from a parsed YAML mapping plus environment overrides."""
     raw: dict[str, Any] = dict(data or {})
     if environ is not None:
-        raw = _deep_merge(raw, env_overrides(environ))
+        raw = deep_merge(raw, env_overrides(environ))
     try:
         return Config.model_validate(raw)
     except ValidationError as error:

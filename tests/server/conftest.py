@@ -25,7 +25,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from reflow_microsandbox.config import Config, parse_config
+from reflow_microsandbox.config import Config, deep_merge, parse_config
 from reflow_microsandbox.server import Server
 from tests.redis_server import RedisServer
 
@@ -119,16 +119,6 @@ def write_scripts(folder: Path) -> Path:
         (folder / name).write_text(text)
     (folder / "js_echo.js").write_text(NODE_ACTOR)
     return folder
-
-
-def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def config_data(
