@@ -19,7 +19,8 @@ import statistics
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Any
+
+from null_handlers import NullHandlers  # bench/ is sys.path[0] when run
 
 from reflow_microsandbox.config import Language, SandboxConfig
 from reflow_microsandbox.sandbox.base import ActorSource, CallContext
@@ -32,28 +33,6 @@ ACTORS: dict[Language, str] = {
         "module.exports = { process };\n"
     ),
 }
-
-
-class _State:
-    async def get(self, key: str, default: Any = None) -> Any:
-        return default
-
-    async def set(self, key: str, value: Any) -> None:
-        return None
-
-    async def delete(self, key: str) -> None:
-        return None
-
-    async def increment(self, key: str, by: int | float = 1) -> int | float:
-        return by
-
-
-class _Events:
-    async def output(self, port: str, data: Any) -> None:
-        return None
-
-    async def log(self, level: str, message: str) -> None:
-        return None
 
 
 @dataclass
@@ -114,7 +93,7 @@ async def first_calls(backend: DockerBackend, language: Language, runs: int) -> 
         started = time.perf_counter()
         await sandbox.load(ActorSource("bench", "bench", language, ACTORS[language]))
         await sandbox.call(
-            CallContext("bench", "bench", {"n": index}), _State(), _Events(), timeout=10
+            CallContext("bench", "bench", {"n": index}), NullHandlers(), NullHandlers(), timeout=10
         )
         times.append(time.perf_counter() - started)
         await sandbox.close()
@@ -128,11 +107,11 @@ async def warm_calls(backend: DockerBackend, language: Language, calls: int) -> 
         await sandbox.load(ActorSource("bench", "bench", language, ACTORS[language]))
         context = CallContext("bench", "bench", {"n": 1})
         for _ in range(20):
-            await sandbox.call(context, _State(), _Events(), timeout=10)
+            await sandbox.call(context, NullHandlers(), NullHandlers(), timeout=10)
         times = []
         for _ in range(calls):
             started = time.perf_counter()
-            await sandbox.call(context, _State(), _Events(), timeout=10)
+            await sandbox.call(context, NullHandlers(), NullHandlers(), timeout=10)
             times.append(time.perf_counter() - started)
         return times
     finally:

@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from null_handlers import NullHandlers  # bench/ is sys.path[0] when run
+
 from reflow_microsandbox.config import Language, SandboxConfig
 from reflow_microsandbox.pool import SandboxPool
 from reflow_microsandbox.sandbox.base import ActorSource, Backend, CallContext, Sandbox
@@ -72,26 +74,6 @@ def row(name: str) -> Callable[[Row], Row]:
     return register
 
 
-class _Null:
-    async def get(self, key: str, default: Any = None) -> Any:
-        return default
-
-    async def set(self, key: str, value: Any) -> None:
-        return None
-
-    async def delete(self, key: str) -> None:
-        return None
-
-    async def increment(self, key: str, by: int | float = 1) -> int | float:
-        return by
-
-    async def output(self, port: str, data: Any) -> None:
-        return None
-
-    async def log(self, level: str, message: str) -> None:
-        return None
-
-
 async def _loaded(backend: Backend, language: Language) -> Sandbox:
     sandbox = await backend.spawn(language)
     await sandbox.load(
@@ -127,7 +109,7 @@ def _cold_start(language: Language, goal: str) -> Row:
 def _warm_call(language: Language) -> Row:
     async def measure(bench: Bench) -> Figure:
         sandbox = await _loaded(bench.backend, language)
-        null = _Null()
+        null = NullHandlers()
         context = CallContext(actor_id="bench", namespace="bench", payload={"x": 1})
         samples = []
         try:
@@ -170,7 +152,7 @@ async def pool_acquire(bench: Bench) -> Figure:
     await pool.start()
     await pool.wait_warmed(10)
     actor = ActorSource(name="acq", namespace="bench", language="python", source=TRIVIAL["python"])
-    null = _Null()
+    null = NullHandlers()
     await pool.execute(actor, CallContext(actor_id="acq", namespace="bench"), null, null)
     samples = []
     try:
