@@ -25,6 +25,7 @@ script writes can corrupt the protocol.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -75,20 +76,27 @@ _LIB_PATH = re.compile(r"(/\S+) \(0x")
 
 
 class _UidPool:
-    """Host uids for sandboxes, one per live sandbox, distinct across control planes."""
+    """Host uids for sandboxes, one per live sandbox, distinct across control planes.
+
+    A uid is reused as late as possible: never-used slots first, then the one freed
+    longest ago. A killed sandbox's inner processes are orphaned to the host's PID 1,
+    and until it reaps them their zombies still count towards ``RLIMIT_NPROC`` of the
+    uid; reusing the uid at once made the next sandbox fail with "bwrap: Can't fork"
+    on hosts whose PID 1 reaps slowly.
+    """
 
     def __init__(self) -> None:
         self._base = UID_BASE + (os.getpid() % 4096) * 4096
-        self._free: list[int] = []
+        self._free: collections.deque[int] = collections.deque()
         self._next = 0
 
     def take(self) -> int:
+        if self._next < 4096:
+            self._next += 1
+            return self._base + self._next - 1
         if self._free:
-            return self._free.pop()
-        if self._next >= 4096:
-            raise SandboxError("unavailable", "no free sandbox uid (4096 sandboxes alive)")
-        self._next += 1
-        return self._base + self._next - 1
+            return self._free.popleft()
+        raise SandboxError("unavailable", "no free sandbox uid (4096 sandboxes alive)")
 
     def give_back(self, uid: int) -> None:
         self._free.append(uid)
