@@ -90,6 +90,14 @@ class SandboxConfig(_Section):
     call_timeout: float = Field(25.0, gt=0, lt=30, description="below Reflow's 30 s client timeout")
     max_output_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     package_dirs: list[str] = Field(default_factory=list, description="read-only extra dirs")
+    # The interpreters bubblewrap sandboxes run (absolute paths; the sandbox sees what each
+    # one needs, asked of the interpreter itself at start).
+    python_binary: str = Field("/usr/bin/python3", pattern=r"^/")
+    node_binary: str = Field("/usr/bin/node", pattern=r"^/")
+    # Without cgroups (no writable hierarchy, or cgroup v2 without Delegate=yes) sandboxes
+    # get no CPU limit and Node no memory limit: the bubblewrap backend refuses to start
+    # unless this is set on purpose (sandbox/enforced.py lists what rlimits still give).
+    allow_rlimits_only: bool = False
     pool: PoolConfig = Field(default_factory=PoolConfig)
     docker: DockerConfig = Field(default_factory=DockerConfig)
 

@@ -15,6 +15,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .config import LANGUAGES, Language
+from .sandbox.enforced import EnforcedLimit
 
 if TYPE_CHECKING:
     from .pool import SandboxInfo
@@ -115,6 +116,13 @@ class Metrics:
         self.state_errors = Counter(
             "microsandbox_state_errors", "State operations that failed", registry=r
         )
+        self.limits_enforced = Gauge(
+            "microsandbox_sandbox_limits_enforced",
+            "1 when a sandbox limit is enforced by this mechanism, 0 when nothing enforces it"
+            " (mechanism none: the host has no cgroups and sandbox.allow_rlimits_only is set)",
+            ["backend", "language", "limit", "mechanism"],
+            registry=r,
+        )
         # Children cached per label tuple: labels() costs a lock and a dict lookup.
         self._rpc_children: dict[tuple[str, str], Counter] = {}
         self._duration_children: dict[tuple[str, str], Histogram] = {}
@@ -123,6 +131,13 @@ class Metrics:
     def attach_pool(self, snapshot: Callable[[], list[SandboxInfo]]) -> None:
         """Read sandbox counts and memory from this snapshot function at scrape time."""
         self._pool.snapshot = snapshot
+
+    def set_enforced_limits(self, backend: str, limits: Iterable[EnforcedLimit]) -> None:
+        """Export what enforces each sandbox limit (from ``Backend.enforced_limits()``)."""
+        for item in limits:
+            self.limits_enforced.labels(backend, item.language, item.limit, item.mechanism).set(
+                1 if item.enforced else 0
+            )
 
     def exposition(self) -> bytes:
         """The text format Prometheus scrapes."""

@@ -20,6 +20,7 @@ from .metrics import Metrics
 from .pool import SandboxPool
 from .registry import ActorRegistry
 from .sandbox.base import Backend
+from .sandbox.enforced import describe
 from .sandbox.factory import create_backend
 from .state import open_store
 from .state.base import StateStore
@@ -91,6 +92,12 @@ class Server:
         self.registry.discover()
         await self.store.open()
         await self.backend.start()
+        limits = self.backend.enforced_limits()
+        self.metrics.set_enforced_limits(self.backend.name, limits)
+        log.info("sandbox limits in force (%s backend): %s", self.backend.name, describe(limits))
+        unenforced = [f"{item.language} {item.limit}" for item in limits if not item.enforced]
+        if unenforced:
+            log.warning("NOT enforced on this host: %s", ", ".join(unenforced))
         await self.pool.start()
         host = server.host
         await self._http.start(host, 0 if self._ephemeral else server.http_port)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from ..config import Language
+from .enforced import EnforcedLimit
 
 JSON = Any
 """A value that survives strict JSON (no NaN/Infinity)."""
@@ -151,6 +152,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def spawn(self, language: Language) -> Sandbox:
         """Start a fresh, empty (not yet loaded) sandbox whose runner is ready."""
+
+    @abc.abstractmethod
+    def enforced_limits(self) -> list[EnforcedLimit]:
+        """What enforces each limit, per language it can start (valid after ``start()``)."""
 
     @abc.abstractmethod
     async def close(self) -> None:

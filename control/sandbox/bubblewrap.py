@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -42,7 +43,7 @@ from subprocess import Popen
 
 from ..config import Language, SandboxConfig
 from ..runners import NODE_RUNNER, PYTHON_RUNNER
-from . import seccomp
+from . import enforced, seccomp
 from .base import (
     JSON,
     ActorSource,
@@ -54,13 +55,21 @@ from .base import (
     SandboxError,
     StateHandler,
 )
-from .limits import CgroupManager, Limits, SandboxCgroup, descendants, prlimit_command, rss_bytes
+from .enforced import EnforcedLimit
+from .limits import (
+    CGROUP_ROOT,
+    CgroupManager,
+    CgroupsUnusable,
+    Limits,
+    SandboxCgroup,
+    descendants,
+    prlimit_command,
+    rss_bytes,
+)
 from .runner_client import RunnerClient
 
 log = logging.getLogger(__name__)
 
-PYTHON_BINARY = "/usr/bin/python3"
-NODE_BINARY = "/usr/bin/node"
 RUNNER_DIR = "/runner"
 SANDBOX_UID = 65534
 UID_BASE = 1_900_000_000
@@ -73,6 +82,10 @@ _MEMORY_SIGNS = (
     "Cannot allocate memory",
 )
 _LIB_PATH = re.compile(r"(/\S+) \(0x")
+# Native backtrace lines (Node's abort report) that would hide the message above them.
+_BACKTRACE = re.compile(r"^\s*(\d+: 0x[0-9a-f]+|-{3,} Native stack trace)")
+_PROBED: set[object] = set()
+"""Views (interpreter, bwrap argv, cgroup version) whose sandbox started in this process."""
 
 
 class _UidPool:
@@ -125,6 +138,51 @@ def _python_dirs(binary: str) -> set[str]:
     return {os.path.realpath(p) for p in result.stdout.split() if os.path.isdir(p)}
 
 
+# Asks Node which folders it loads parts of itself from: Debian's build keeps some of its
+# builtins (cjs-module-lexer, undici, acorn...) in its global module folders, named by
+# node_prefix + node_relative_path ("/usr" + "lib/x86_64-linux-gnu/nodejs:share/nodejs");
+# upstream's --shared-builtin-*-path options name single files.
+_NODE_PROBE = r"""
+const path = require("path");
+const v = process.config.variables || {};
+const found = [];
+if (v.node_prefix && v.node_relative_path)
+  for (const rel of String(v.node_relative_path).split(":"))
+    if (rel) found.push(path.resolve(v.node_prefix, rel));
+for (const [key, value] of Object.entries(v))
+  if (key.startsWith("node_shared_builtin_") && key.endsWith("_path")
+      && typeof value === "string" && path.isAbsolute(value))
+    found.push(path.dirname(value));
+console.log(found.join("\n"));
+"""
+
+
+def _node_dirs(binary: str) -> set[str]:
+    """The folders this Node build loads its own builtins from (empty for most builds)."""
+    result = subprocess.run(
+        [binary, "-e", _NODE_PROBE],
+        capture_output=True, text=True, timeout=20, check=True, env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    return {os.path.realpath(p) for p in result.stdout.split() if os.path.isdir(p)}
+
+
+def _missing_folders(paths: list[str]) -> list[str]:
+    return [path for path in paths if not os.path.isdir(path)]
+
+
+@functools.lru_cache(maxsize=16)
+def _interpreter_dirs(language: Language, binary: str, mtime_ns: int, inode: int) -> frozenset[str]:
+    """What ``binary`` needs to run: its libraries' folders and its own search folders.
+
+    Asked of the interpreter once per process and binary (``mtime_ns`` and ``inode`` make
+    a replaced binary ask again): each question starts the interpreter, which takes
+    seconds under emulation, and tests start many backends.
+    """
+    dirs = _library_dirs(binary)
+    dirs |= _python_dirs(binary) if language == "python" else _node_dirs(binary)
+    return frozenset(dirs)
+
+
 def _launch(argv: list[str], capture_fd: int, pass_fds: tuple[int, ...], uid: int) -> Popen[bytes]:
     """Fork and exec bwrap as the sandbox's host uid, in a session of its own.
 
@@ -164,9 +222,8 @@ class _HostLayout:
         real = os.path.realpath(binary)
         if real != binary:  # keep the usual name (/usr/bin/python3) working inside
             self.aliases.setdefault(language, []).append((real, binary))
-        dirs = _library_dirs(real)
-        if language == "python":
-            dirs |= _python_dirs(real)
+        stat = os.stat(real)
+        dirs = set(_interpreter_dirs(language, real, stat.st_mtime_ns, stat.st_ino))
         self.binaries[language] = real
         # Parents first, and no directory bound twice under one already bound.
         ordered = sorted(dirs)
@@ -314,7 +371,8 @@ class BubblewrapSandbox(Sandbox):
             if code is not None and code < 0
             else f"exited with status {code}"
         )
-        detail = tail.strip().splitlines()[-3:]
+        lines = [line for line in tail.strip().splitlines() if not _BACKTRACE.match(line)]
+        detail = lines[-3:]
         return "crashed", f"the runner {how}" + (f": {' | '.join(detail)}" if detail else "")
 
     # -- the Sandbox interface ----------------------------------------------------------
@@ -409,11 +467,16 @@ class BubblewrapBackend(Backend):
         self,
         settings: SandboxConfig,
         *,
-        python_binary: str = PYTHON_BINARY,
-        node_binary: str = NODE_BINARY,
+        cgroup_root: Path = CGROUP_ROOT,
     ) -> None:
+        """``cgroup_root``: where the cgroup hierarchy is mounted (tests point it at an
+        empty folder to stand for a host without one)."""
         self.settings = settings
-        self._binaries: dict[Language, str] = {"python": python_binary, "nodejs": node_binary}
+        self._cgroup_root = cgroup_root
+        self._binaries: dict[Language, str] = {
+            "python": settings.python_binary,
+            "nodejs": settings.node_binary,
+        }
         self._sandboxes: set[BubblewrapSandbox] = set()
         self._seccomp: bytes = b""
         self._cgroups: CgroupManager | None = None
@@ -446,16 +509,103 @@ class BubblewrapBackend(Backend):
             target = Path(self._runner_dir) / source.name
             shutil.copyfile(source, target)
             target.chmod(0o644)
+        try:
+            await self._prepare()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _prepare(self) -> None:
+        """Resolve each interpreter's view, set up cgroups, and start one sandbox of each.
+
+        Raises:
+            SandboxError: ``unavailable``, naming what this host lacks: a package folder,
+                an interpreter that does not run, cgroups (unless ``allow_rlimits_only``),
+                or a sandbox that does not start (with the interpreter's own error).
+        """
+        assert self._runner_dir is not None
+        missing = await asyncio.to_thread(_missing_folders, self.settings.package_dirs)
+        if missing:
+            raise SandboxError(
+                "unavailable",
+                f"sandbox.package_dirs: no such folder on this host: {', '.join(missing)}",
+            )
         layout = _HostLayout(self._runner_dir)
         for language, binary in self._binaries.items():
             if shutil.which(binary) is None:
-                log.warning("%s interpreter %s not found: %s sandboxes unavailable",
-                            language, binary, language)
+                key = "python_binary" if language == "python" else "node_binary"
+                warm = self.settings.pool.for_language(language).min_instances
+                if warm > 0:
+                    raise SandboxError(
+                        "unavailable",
+                        f"the {language} interpreter {binary} is not installed here, and "
+                        f"sandbox.pool.{language}.min_instances is {warm}: install it, point "
+                        f"sandbox.{key} at it, or set min_instances to 0",
+                    )
+                log.warning(
+                    "%s interpreter %s not found: %s sandboxes unavailable (sandbox.%s)",
+                    language, binary, language, key,
+                )  # fmt: skip
                 continue
-            await asyncio.to_thread(layout.add, language, binary)
+            try:
+                await asyncio.to_thread(layout.add, language, binary)
+            except (OSError, subprocess.SubprocessError) as error:
+                said = getattr(error, "stderr", None) or error
+                raise SandboxError(
+                    "unavailable", f"the {language} interpreter {binary} does not run: {said}"
+                ) from None
         self._layout = layout
-        await asyncio.to_thread(CgroupManager.cleanup_leftovers)
-        self._cgroups = CgroupManager.create()
+        await asyncio.to_thread(CgroupManager.cleanup_leftovers, self._cgroup_root)
+        try:
+            self._cgroups = CgroupManager.create(self._cgroup_root)
+        except CgroupsUnusable as error:
+            if not self.settings.allow_rlimits_only:
+                raise SandboxError(
+                    "unavailable",
+                    f"cgroups are unusable here ({error}): sandboxes would run without a CPU "
+                    "limit, and Node without a memory limit. Run the service with cgroups "
+                    "(cgroup v2: a systemd unit with Delegate=yes, as the Ansible role "
+                    "installs it; v1: writable memory, cpu and pids hierarchies), or set "
+                    "sandbox.allow_rlimits_only: true to accept rlimits alone",
+                ) from None
+            log.warning(
+                "cgroups are unusable (%s): sandboxes get rlimits only, as "
+                "sandbox.allow_rlimits_only allows: no CPU limit, no memory limit for Node",
+                error,
+            )
+        results = await asyncio.gather(
+            *(self._probe(language) for language in layout.binaries), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _probe(self, language: Language) -> None:
+        """Start and close one sandbox, so that a piece the interpreter needs and the
+        view lacks fails the start, in the interpreter's words, not the first call.
+        Remembered per process for the same view (tests start many backends)."""
+        assert self._layout is not None
+        runner_dir = self._layout.runner_dir  # a fresh temporary folder per backend
+        key = (
+            language,
+            tuple("<runners>" if a == runner_dir else a for a in self._argv(language, 0, 0)),
+            self._cgroups.version if self._cgroups is not None else None,
+        )
+        if key in _PROBED:
+            return
+        try:
+            sandbox = await self.spawn(language)
+        except SandboxError as error:
+            raise SandboxError(
+                "unavailable", f"{language} sandboxes do not start on this host: {error.message}"
+            ) from None
+        await sandbox.close()
+        _PROBED.add(key)
+
+    def enforced_limits(self) -> list[EnforcedLimit]:
+        languages = list(self._layout.binaries) if self._layout is not None else []
+        version = self._cgroups.version if self._cgroups is not None else None
+        return enforced.for_bubblewrap(version, languages)
 
     def _argv(self, language: Language, fd: int, seccomp_fd: int) -> list[str]:
         assert self._layout is not None
@@ -534,6 +684,10 @@ class BubblewrapBackend(Backend):
                 try:
                     cgroup = self._cgroups.sandbox(sandbox_id, limits)
                 except OSError as error:
+                    if not self.settings.allow_rlimits_only:
+                        raise SandboxError(
+                            "unavailable", f"cannot create the sandbox's cgroup: {error}"
+                        ) from None
                     log.warning("sandbox %s runs without a cgroup: %s", sandbox_id, error)
             argv = prlimit_command(limits, self._prlimit)
             argv += self._argv(language, proto_child.fileno(), seccomp_fd)

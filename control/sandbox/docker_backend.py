@@ -26,6 +26,7 @@ from typing import Any
 
 from ..config import LANGUAGES, Language, SandboxConfig
 from . import docker_engine as engine
+from . import enforced
 from .base import (
     JSON,
     ActorSource,
@@ -40,6 +41,7 @@ from .base import (
 from .docker_attach import EndMarkerScanner, open_attached_streams
 from .docker_cgroup import MemoryCgroup, find_memory_cgroup
 from .docker_owner import Owner
+from .enforced import EnforcedLimit
 from .runner_client import RunnerClient
 
 log = logging.getLogger(__name__)
@@ -273,6 +275,9 @@ class DockerBackend(Backend):
                 ) from None
             raise
         return sandbox
+
+    def enforced_limits(self) -> list[EnforcedLimit]:
+        return enforced.for_docker(LANGUAGES)
 
     def forget(self, sandbox: DockerSandbox) -> None:
         self._sandboxes.discard(sandbox)

@@ -4,8 +4,11 @@ cgroups (v2, or the v1 hybrid layout with separate ``memory``, ``cpu`` and ``pid
 hierarchies) give the real limits: memory without swap, a CPU quota, a process
 count, an OOM-kill counter that tells "memory" from "crashed", and the memory
 figure for the metric. One parent cgroup per backend, one child per sandbox, both
-created below the control plane's own cgroup and removed on close. When the
-hierarchy is not writable the backend runs on rlimits alone.
+removed on close: on v1 below the control plane's own cgroup, on v2 beside the leaf
+the control plane moves itself into (``cgroup_v2.py``: the layout systemd expects
+of a ``Delegate=yes`` service). When the host gives no usable hierarchy,
+:class:`CgroupsUnusable` says why, and the backend refuses to start unless
+``sandbox.allow_rlimits_only`` is set (see ``enforced.py`` for what then holds).
 
 rlimits are the floor, set by util-linux ``prlimit`` right before bwrap runs, so
 the runner and all it starts inherit them. The cgroup is joined once the runner
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Language, SandboxConfig
+from . import cgroup_v2
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +156,10 @@ def _own_cgroup(controller: str) -> str:
     raise LookupError(controller)
 
 
+class CgroupsUnusable(Exception):
+    """This process cannot create sandbox cgroups here; the message says why."""
+
+
 class SandboxCgroup:
     """The cgroup(s) of one sandbox: limits set, processes added, usage read."""
 
@@ -235,16 +243,20 @@ class CgroupManager:
         self.parents = parents
 
     @classmethod
-    def create(cls, root: Path = CGROUP_ROOT) -> CgroupManager | None:
-        """Detect the layout and create the parent cgroup; None if cgroups are unusable."""
+    def create(cls, root: Path = CGROUP_ROOT) -> CgroupManager:
+        """Detect the layout and create the parent cgroup.
+
+        Raises:
+            CgroupsUnusable: the host gives this process no writable hierarchy with
+                memory, cpu and pids (the message says why).
+        """
         name = f"reflow-microsandbox-{os.getpid()}-{next(_counter)}"
         try:
             if (root / "cgroup.controllers").exists():
                 return cls._create_v2(root, name)
             return cls._create_v1(root, name)
         except (OSError, LookupError, ValueError) as error:
-            log.warning("cgroups unusable (%s): sandboxes get rlimits only", error)
-            return None
+            raise CgroupsUnusable(str(error)) from error
 
     @classmethod
     def _create_v1(cls, root: Path, name: str) -> CgroupManager:
@@ -269,15 +281,11 @@ class CgroupManager:
 
     @classmethod
     def _create_v2(cls, root: Path, name: str) -> CgroupManager:
-        own = root / _own_cgroup("").lstrip("/")
-        wanted = {"memory", "cpu", "pids"}
-        available = set((own / "cgroup.controllers").read_text().split())
-        if not wanted <= available:
-            raise LookupError(f"controllers {sorted(wanted - available)} not delegated to {own}")
-        parent = own / name
+        parent = cgroup_v2.prepare(root) / name  # see cgroup_v2.py: Delegate=yes layout
         parent.mkdir()
         try:
-            _write(parent / "cgroup.subtree_control", " ".join(f"+{c}" for c in sorted(wanted)))
+            enable = " ".join(f"+{c}" for c in cgroup_v2.CONTROLLERS)
+            _write(parent / "cgroup.subtree_control", enable)
         except BaseException:
             parent.rmdir()
             raise
@@ -288,10 +296,12 @@ class CgroupManager:
         """Remove parent cgroups left by control planes that no longer run; returns the count."""
         removed = 0
         candidates: list[Path] = []
-        for base in (root, *(root / c for c in CgroupManager.V1_CONTROLLERS)):
+        if (root / "cgroup.controllers").exists():
             with contextlib.suppress(OSError, LookupError):
-                controller = "" if base == root else base.name
-                own = base / _own_cgroup(controller).lstrip("/")
+                candidates.extend(cgroup_v2.base_of(root).glob("reflow-microsandbox-*"))
+        for controller in CgroupManager.V1_CONTROLLERS:
+            with contextlib.suppress(OSError, LookupError):
+                own = root / controller / _own_cgroup(controller).lstrip("/")
                 candidates.extend(own.glob("reflow-microsandbox-*"))
         for parent in candidates:
             pid = parent.name.split("-")[2]

@@ -40,7 +40,9 @@ BACKEND_FACTORIES: dict[str, Callable[[SandboxConfig], Backend]] = {
 
 @pytest.fixture(params=sorted(BACKEND_FACTORIES))
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
-    settings = SandboxConfig(**TEST_SETTINGS)
+    """Started with TEST_SETTINGS, plus a test's ``@pytest.mark.sandbox_settings(...)``."""
+    marker = request.node.get_closest_marker("sandbox_settings")
+    settings = SandboxConfig(**{**TEST_SETTINGS, **(marker.kwargs if marker else {})})
     started = BACKEND_FACTORIES[request.param](settings)
     try:
         await started.start()

@@ -99,6 +99,42 @@ async def test_endless_loop_is_stopped_with_timeout(backend: Backend, language: 
     await assert_serves(backend)
 
 
+CPU_SPIN = {
+    "python": """
+import time
+def process(context):
+    wall, cpu = time.monotonic(), time.process_time()
+    while time.monotonic() - wall < context.get_input("seconds"):
+        pass
+    return {"cpu": time.process_time() - cpu, "wall": time.monotonic() - wall}
+""",
+    "nodejs": """
+function process(context) {
+  const wall = Date.now(), cpu = globalThis.process.cpuUsage();
+  while (Date.now() - wall < context.getInput("seconds") * 1000) {}
+  const used = globalThis.process.cpuUsage(cpu);
+  return {cpu: (used.user + used.system) / 1e6, wall: (Date.now() - wall) / 1000};
+}
+""",
+}
+
+
+@pytest.mark.sandbox_settings(cpu_limit=0.1, call_timeout=20.0)
+@pytest.mark.parametrize("language", ["python", "nodejs"])
+async def test_a_busy_loop_gets_no_more_cpu_than_its_limit(backend: Backend, language: str) -> None:
+    # Unthrottled, the loop would use a whole core (or its share of a busy machine's two,
+    # still far above 0.1); with cpu_limit 0.1 the kernel lets it run 10 ms per 100 ms.
+    sandbox = await loaded(backend, CPU_SPIN[language], language)  # type: ignore[arg-type]
+    try:
+        result = await call(sandbox, {"seconds": 3}, timeout=20)
+    finally:
+        await sandbox.close()
+    cpu, wall = result["cpu"], result["wall"]
+    assert isinstance(cpu, int | float) and isinstance(wall, int | float)
+    assert wall >= 3
+    assert cpu / wall <= 0.1 * 1.5, result
+
+
 FLOODS = {
     "print": "def process(context):\n    while True:\n        print('y' * 1000)\n",
     "raw-fd": (
