@@ -6,7 +6,8 @@ that actor for good; later calls of the actor reuse it. Under concurrent load an
 actor gets more sandboxes, up to ``max_per_actor``. A sandbox is thrown away after
 an error that broke a limit, after ``max_calls`` calls, after ``idle_timeout``
 seconds unused, or to make room for another actor when the language is at
-``max_instances``.
+``max_instances``. Warm sandboxes are started a few at a time (``WARMING_AT_ONCE``),
+and a warm-up that failed is tried again a second later.
 
 Ordering: each actor has one FIFO queue of waiting calls, and a free sandbox is
 always handed to the oldest waiter, so calls of one actor *start* in arrival order
@@ -38,6 +39,12 @@ from .sandbox.base import (
 )
 
 log = logging.getLogger(__name__)
+
+WARMING_AT_ONCE = 2
+"""Warm sandboxes started at the same time per language. Starting all of a large
+``min_instances`` at once (10 in the production inventory) makes them compete for the
+CPU until every one misses the backend's start timeout on a small or slow host; a
+call that finds no warm sandbox still starts its own at once."""
 
 SandboxState = Literal["warm", "busy", "idle"]
 
@@ -484,7 +491,11 @@ class SandboxPool:
             return
         pool = self._languages[language]
         wanted = self._settings.pool.for_language(language).min_instances
-        while len(pool.warm) + pool.spawning_warm < wanted and pool.count < self._max(language):
+        while (
+            len(pool.warm) + pool.spawning_warm < wanted
+            and pool.count < self._max(language)
+            and pool.spawning_warm < WARMING_AT_ONCE
+        ):
             pool.count += 1
             pool.spawning_warm += 1
             self._spawn_task(self._warm_one(language))
@@ -493,6 +504,7 @@ class SandboxPool:
 
     async def _warm_one(self, language: Language) -> None:
         pool = self._languages[language]
+        sandbox: Sandbox | None = None
         try:
             sandbox = await self._spawn(language)
         except asyncio.CancelledError:
@@ -501,10 +513,15 @@ class SandboxPool:
         except Exception as error:
             pool.count -= 1
             log.error("could not start a %s sandbox: %s", language, error)
-            await asyncio.sleep(1.0)  # do not spin on a backend that keeps failing
-            return
         finally:
             pool.spawning_warm -= 1
+        if sandbox is None:
+            # Try again (not at once: do not spin on a backend that keeps failing). A
+            # failed warm-up left alone kept the pool below min_instances, and /ready
+            # at 503, for good.
+            await asyncio.sleep(1.0)
+            self._refill(language)
+            return
         if self._closing:
             pool.count -= 1
             await self._kill(language, sandbox, "shutdown", counted=False)
@@ -513,6 +530,7 @@ class SandboxPool:
         if len(pool.warm) >= self._settings.pool.for_language(language).min_instances:
             pool.reached_minimum = True
         pool.notify()
+        self._refill(language)  # the next one, WARMING_AT_ONCE at a time
 
     async def _reap_idle_forever(self) -> None:
         idle_timeout = self._settings.pool.idle_timeout
