@@ -6,10 +6,10 @@ What a sandbox gets, and why:
   loopback only, its own ``/proc`` showing only its own processes;
 - a host uid of its own (``bwrap`` runs as ``UID_BASE + slot``, uid 65534 inside):
   never host root, and ``RLIMIT_NPROC`` counts per sandbox (see ``limits.py``);
-- a root filesystem of nothing but, read-only: the interpreter binary, its
-  stdlib, the directories of the shared libraries it links (found with ``ldd``:
-  they hold only package-managed public libraries, and extension modules
-  ``dlopen`` siblings from them), the runner file, configured ``package_dirs``;
+- a root filesystem of nothing but, read-only: the interpreter binary and what
+  it needs, asked of the interpreter on this host (``host_view.py``: the folders of
+  the libraries it links, Python's stdlib, the folders Debian's Node loads its
+  builtins from), the runner file, configured ``package_dirs``;
   plus a size-capped private tmpfs ``/tmp`` and a minimal ``/dev``; the root and
   ``/dev`` are remounted read-only, so ``/tmp`` is the only writable place;
 - a cleared environment (``--clearenv``): no server secret or Redis password;
@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import functools
 import logging
 import os
 import re
@@ -56,6 +55,7 @@ from .base import (
     StateHandler,
 )
 from .enforced import EnforcedLimit
+from .host_view import HostLayout, missing_folders
 from .limits import (
     CGROUP_ROOT,
     CgroupManager,
@@ -81,7 +81,6 @@ _MEMORY_SIGNS = (
     "MemoryError",
     "Cannot allocate memory",
 )
-_LIB_PATH = re.compile(r"(/\S+) \(0x")
 # Native backtrace lines (Node's abort report) that would hide the message above them.
 _BACKTRACE = re.compile(r"^\s*(\d+: 0x[0-9a-f]+|-{3,} Native stack trace)")
 _PROBED: set[object] = set()
@@ -118,71 +117,6 @@ class _UidPool:
 _UIDS = _UidPool()
 
 
-def _library_dirs(binary: str) -> set[str]:
-    """Directories holding the shared libraries ``binary`` links (as named and resolved)."""
-    result = subprocess.run(["ldd", binary], capture_output=True, text=True, timeout=20)
-    dirs: set[str] = set()
-    for match in _LIB_PATH.finditer(result.stdout):
-        path = match.group(1)
-        dirs.add(os.path.realpath(os.path.dirname(path)))
-        dirs.add(os.path.dirname(os.path.realpath(path)))
-    return dirs
-
-
-def _python_dirs(binary: str) -> set[str]:
-    """The stdlib directories this interpreter searches with ``-I -S``."""
-    probe = "import sys; print('\\n'.join(p for p in sys.path if p))"
-    result = subprocess.run(
-        [binary, "-I", "-S", "-c", probe], capture_output=True, text=True, timeout=20, check=True
-    )
-    return {os.path.realpath(p) for p in result.stdout.split() if os.path.isdir(p)}
-
-
-# Asks Node which folders it loads parts of itself from: Debian's build keeps some of its
-# builtins (cjs-module-lexer, undici, acorn...) in its global module folders, named by
-# node_prefix + node_relative_path ("/usr" + "lib/x86_64-linux-gnu/nodejs:share/nodejs");
-# upstream's --shared-builtin-*-path options name single files.
-_NODE_PROBE = r"""
-const path = require("path");
-const v = process.config.variables || {};
-const found = [];
-if (v.node_prefix && v.node_relative_path)
-  for (const rel of String(v.node_relative_path).split(":"))
-    if (rel) found.push(path.resolve(v.node_prefix, rel));
-for (const [key, value] of Object.entries(v))
-  if (key.startsWith("node_shared_builtin_") && key.endsWith("_path")
-      && typeof value === "string" && path.isAbsolute(value))
-    found.push(path.dirname(value));
-console.log(found.join("\n"));
-"""
-
-
-def _node_dirs(binary: str) -> set[str]:
-    """The folders this Node build loads its own builtins from (empty for most builds)."""
-    result = subprocess.run(
-        [binary, "-e", _NODE_PROBE],
-        capture_output=True, text=True, timeout=20, check=True, env={"PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
-    return {os.path.realpath(p) for p in result.stdout.split() if os.path.isdir(p)}
-
-
-def _missing_folders(paths: list[str]) -> list[str]:
-    return [path for path in paths if not os.path.isdir(path)]
-
-
-@functools.lru_cache(maxsize=16)
-def _interpreter_dirs(language: Language, binary: str, mtime_ns: int, inode: int) -> frozenset[str]:
-    """What ``binary`` needs to run: its libraries' folders and its own search folders.
-
-    Asked of the interpreter once per process and binary (``mtime_ns`` and ``inode`` make
-    a replaced binary ask again): each question starts the interpreter, which takes
-    seconds under emulation, and tests start many backends.
-    """
-    dirs = _library_dirs(binary)
-    dirs |= _python_dirs(binary) if language == "python" else _node_dirs(binary)
-    return frozenset(dirs)
-
-
 def _launch(argv: list[str], capture_fd: int, pass_fds: tuple[int, ...], uid: int) -> Popen[bytes]:
     """Fork and exec bwrap as the sandbox's host uid, in a session of its own.
 
@@ -202,34 +136,6 @@ def _launch(argv: list[str], capture_fd: int, pass_fds: tuple[int, ...], uid: in
         extra_groups=[],
         start_new_session=True,
     )
-
-
-class _HostLayout:
-    """What of the host each language's sandbox sees, resolved once at start."""
-
-    def __init__(self, runner_dir: str) -> None:
-        self.runner_dir = runner_dir
-        self.binaries: dict[Language, str] = {}
-        self.dirs: dict[Language, list[str]] = {}
-        self.aliases: dict[Language, list[tuple[str, str]]] = {}
-        self.symlinks = [
-            (os.readlink(f"/{name}"), f"/{name}")
-            for name in ("bin", "lib", "lib32", "lib64", "libx32", "sbin")
-            if os.path.islink(f"/{name}")
-        ]
-
-    def add(self, language: Language, binary: str) -> None:
-        real = os.path.realpath(binary)
-        if real != binary:  # keep the usual name (/usr/bin/python3) working inside
-            self.aliases.setdefault(language, []).append((real, binary))
-        stat = os.stat(real)
-        dirs = set(_interpreter_dirs(language, real, stat.st_mtime_ns, stat.st_ino))
-        self.binaries[language] = real
-        # Parents first, and no directory bound twice under one already bound.
-        ordered = sorted(dirs)
-        self.dirs[language] = [
-            d for d in ordered if not any(d.startswith(o + "/") for o in ordered if o != d)
-        ]
 
 
 class BubblewrapSandbox(Sandbox):
@@ -480,7 +386,7 @@ class BubblewrapBackend(Backend):
         self._sandboxes: set[BubblewrapSandbox] = set()
         self._seccomp: bytes = b""
         self._cgroups: CgroupManager | None = None
-        self._layout: _HostLayout | None = None
+        self._layout: HostLayout | None = None
         self._runner_dir: str | None = None
         self._bwrap = "bwrap"
         self._prlimit = "prlimit"
@@ -524,13 +430,13 @@ class BubblewrapBackend(Backend):
                 or a sandbox that does not start (with the interpreter's own error).
         """
         assert self._runner_dir is not None
-        missing = await asyncio.to_thread(_missing_folders, self.settings.package_dirs)
+        missing = await asyncio.to_thread(missing_folders, self.settings.package_dirs)
         if missing:
             raise SandboxError(
                 "unavailable",
                 f"sandbox.package_dirs: no such folder on this host: {', '.join(missing)}",
             )
-        layout = _HostLayout(self._runner_dir)
+        layout = HostLayout(self._runner_dir)
         for language, binary in self._binaries.items():
             if shutil.which(binary) is None:
                 key = "python_binary" if language == "python" else "node_binary"
