@@ -15,6 +15,7 @@ APT_PACKAGES=(
   docker.io docker-compose debootstrap  # the Docker backend, images and compose stack
   iproute2 procps curl ca-certificates git
   openssl               # the TLS balancer test makes a self-signed certificate
+  qemu-system-x86 cpio  # tests/vm boots Debian 12 (cgroup v2, systemd, Debian's node) under qemu
 )
 
 missing=()

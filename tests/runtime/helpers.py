@@ -23,10 +23,14 @@ from reflow_microsandbox.sandbox.base import (
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
+# Wall-clock limits are multiplied by this where everything runs slower for a known reason:
+# tests/vm runs these tests in Debian 12 under qemu's software emulation and sets it there.
+TIME_SCALE = float(os.environ.get("REFLOW_TEST_TIME_SCALE", "1"))
+
 # Small limits keep every test quick: 64 MiB, 2 s per call, 256 KiB of output.
 TEST_SETTINGS = {
     "memory_mb": 64,
-    "call_timeout": 2.0,
+    "call_timeout": 2.0 * TIME_SCALE,
     "max_processes": 16,
     "max_output_bytes": 256 * 1024,
     "tmp_size_mb": 8,
@@ -109,7 +113,7 @@ async def call(
 ) -> dict[str, JSON]:
     context = CallContext(actor_id="t", namespace="tests", payload=payload or {}, timestamp=1)
     return await sandbox.call(
-        context, state or DictState(), events or Events(), timeout=timeout
+        context, state or DictState(), events or Events(), timeout=timeout * TIME_SCALE
     )
 
 
