@@ -308,7 +308,12 @@ async def test_access_log_records_the_path_and_actor_but_never_the_token(
     status, _ = await _get(ports, "/ready?token=s3cret-token-value&actor=counter")
     assert status == 200
     log = rendered_balancer.parent.parent / "access.log"
-    text = log.read_text()
+    # nginx writes the line in its log phase, after the response went out: wait for it.
+    for _ in range(100):  # bounded: up to ~5 s
+        text = log.read_text()
+        if 'actor="counter"' in text:
+            break
+        await asyncio.sleep(0.05)
     assert '"GET /ready HTTP/1.1"' in text
     assert 'actor="counter"' in text
     assert "s3cret-token-value" not in text
