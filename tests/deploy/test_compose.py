@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import subprocess
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ pytestmark = pytest.mark.deploy
 RENDERED = ("redis.conf", "microsandbox.yaml", "nginx-loadbalancer.conf", "prometheus.yml",
             "rules/microsandbox-alerts.yml")
 OWNER_HOST_LABEL = "io.reflow.microsandbox.owner-host"
+# The exporter services and the Prometheus job that scrapes each (docs/monitoring.md).
+EXPORTERS = {"redis-exporter": "redis", "nginx-exporter": "nginx", "node-exporter": "node"}
 
 
 @dataclass
@@ -92,9 +95,9 @@ def stack() -> Iterator[Stack]:
     )
     hosts: list[str] = []
     try:
-        # The three service images are plain Debian packages: the engine's cache makes
+        # The service and exporter images are plain Debian packages: the engine's cache makes
         # this quick after the first time.
-        stack.compose("build", "redis", "nginx", "prometheus", timeout=900)
+        stack.compose("build", "redis", "nginx", "prometheus", *EXPORTERS, timeout=900)
         stack.compose("up", "-d", "--no-build")
         yield stack
     finally:
@@ -127,6 +130,22 @@ def _all_up(stack: Stack, count: int) -> list[dict[str, Any]] | None:
     return targets if len(targets) == count and len(healthy) == count else None
 
 
+def _exporters_up(stack: Stack) -> dict[str, str] | None:
+    """Each exporter job's one target and its health, once all of them are up."""
+    _, body = stack.get(stack.prometheus_port, "/api/v1/targets")
+    targets = json.loads(body)["data"]["activeTargets"]
+    health = {t["labels"]["job"]: t["health"] for t in targets
+              if t["labels"]["job"] in EXPORTERS.values()}
+    return health if health == dict.fromkeys(EXPORTERS.values(), "up") else None
+
+
+def _query(stack: Stack, expr: str) -> list[dict[str, Any]]:
+    query = urllib.parse.urlencode({"query": expr})
+    _, body = stack.get(stack.prometheus_port, f"/api/v1/query?{query}")
+    result: list[dict[str, Any]] = json.loads(body)["data"]["result"]
+    return result
+
+
 def _run_actor(stack: Stack) -> None:
     url = f"ws://127.0.0.1:{stack.lb_port}/?actor=test_actor"
     (result,) = call(url, "test_actor", {"input": 1})
@@ -155,6 +174,15 @@ def test_compose_stack_runs_an_actor_through_nginx_and_prometheus_scrapes_every_
     wait_for("/ready through nginx after the reload", lambda: _ready_through_balancer(stack),
              tries=30)
     _run_actor(stack)
+
+    # The exporters are scraped, and read what they export: Redis through its password,
+    # nginx through stub_status, the host through its /proc.
+    wait_for("Prometheus to scrape the Redis, nginx and node exporters",
+             lambda: _exporters_up(stack), tries=90)
+    for expr in ("redis_up", "nginx_up", "node_memory_MemTotal_bytes"):
+        samples = wait_for(f"{expr} in Prometheus", lambda e=expr: _query(stack, e) or None,
+                           tries=30)
+        assert float(samples[0]["value"][1]) > 0, (expr, samples)
 
 
 def test_committed_compose_configs_are_what_the_templates_render(tmp_path: Path) -> None:

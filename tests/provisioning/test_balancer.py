@@ -70,6 +70,8 @@ def rendered_balancer(
             "nginx_lb_access_log": str(dest / "access.log"),
             # Keep a refused node out only briefly, so restored nodes rejoin quickly.
             "nginx_lb_fail_timeout": "1s",
+            # The stub_status server (for the exporter) on a free port, not the fixed 8081.
+            "nginx_stub_status_listen": f"127.0.0.1:{_port_free_on_every_node()}",
         },
     )
     assert result.returncode == 0, output_of(result)
