@@ -23,7 +23,9 @@ from typing import Any
 
 import pytest
 
+from monitoring import dashboard
 from tests.conftest import REPO_ROOT
+from tests.monitoring.exposition import substitute
 
 from .reflow_client import call
 from .support import free_port, require_engine, run_script, wait_for
@@ -146,6 +148,16 @@ def _query(stack: Stack, expr: str) -> list[dict[str, Any]]:
     return result
 
 
+def _dashboard_queries_answered(stack: Stack) -> dict[str, bool]:
+    """Panel title -> whether its queries returned any series (each must not error)."""
+    panels = json.loads(dashboard.OUTPUT.read_text())["panels"]
+    answered: dict[str, bool] = {}
+    for panel in (p for p in panels if p["type"] != "row"):
+        results = [_query(stack, substitute(target["expr"])) for target in panel["targets"]]
+        answered[panel["title"]] = any(results)
+    return answered
+
+
 def _run_actor(stack: Stack) -> None:
     url = f"ws://127.0.0.1:{stack.lb_port}/?actor=test_actor"
     (result,) = call(url, "test_actor", {"input": 1})
@@ -183,6 +195,19 @@ def test_compose_stack_runs_an_actor_through_nginx_and_prometheus_scrapes_every_
         samples = wait_for(f"{expr} in Prometheus", lambda e=expr: _query(stack, e) or None,
                            tries=30)
         assert float(samples[0]["value"][1]) > 0, (expr, samples)
+
+    # Every query of the Grafana dashboard runs on this Prometheus, and the panels over
+    # series that always exist show data (the others need events: kills, errors, OOM).
+    always = ("Pool occupancy per language", "Open WebSocket connections",
+              "Redis memory against maxmemory", "Balancer connections",
+              "Upstream health: sandbox nodes answering", "CPU busy", "Memory available")
+
+    def panels_with_data() -> dict[str, bool] | None:
+        answered = _dashboard_queries_answered(stack)
+        return answered if all(answered[title] for title in always) else None
+
+    wait_for("the dashboard's panels over ever-present series to show data",
+             panels_with_data, tries=30, pause=2)
 
 
 def test_committed_compose_configs_are_what_the_templates_render(tmp_path: Path) -> None:
