@@ -1,7 +1,8 @@
 """The docker-compose local stack, brought up for real with Debian's docker-compose.
 
-Redis, the control plane (Docker backend through the engine socket), nginx and
-Prometheus, all built from the repository's Dockerfiles on the local base image. The
+Redis, the control plane (Docker backend through the engine socket), nginx,
+Prometheus and the Redis, nginx and node exporters, all built from the repository's
+Dockerfiles on the local base image. The
 stack runs under a project name of its own with published ports on free loopback ports,
 and is always torn down (volumes and orphans too), failure or not, together with any
 sandbox container its replicas started.
