@@ -12,6 +12,7 @@ APT_PACKAGES=(
   redis-server          # the state store the tests run against
   nginx-light           # the load balancer config is checked with nginx -t
   prometheus            # promtool checks the rendered scrape config and alert rules
+  prometheus-redis-exporter prometheus-nginx-exporter prometheus-node-exporter  # exporter /metrics checked in tests
   docker.io docker-compose debootstrap  # the Docker backend, images and compose stack
   iproute2 procps curl ca-certificates git
   openssl               # the TLS balancer test makes a self-signed certificate
