@@ -39,6 +39,10 @@ from ..sandbox.base import JSON
 from .auth import TokenAuth, query_param
 
 log = logging.getLogger(__name__)
+# The websockets library logs every request line at DEBUG, and a path may carry a
+# token (?token=, or before a function id): its logger stays at WARNING and above.
+_PROTOCOL_LOG = logging.getLogger(__name__ + ".protocol")
+_PROTOCOL_LOG.setLevel(logging.WARNING)
 
 MAX_CALLS_PER_CONNECTION = 256
 """Calls one connection may have running at once; reading pauses beyond that."""
@@ -96,6 +100,7 @@ class WsTransport:
             max_size=self._max_size,
             compression="deflate",
             server_header=None,
+            logger=_PROTOCOL_LOG,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
