@@ -229,7 +229,10 @@ class DependencyInstaller:
 
     def _new_tmp(self, language: Language) -> Path:
         self.cache.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.cache, 0o755)
+        mode = stat.S_IMODE(self.cache.stat().st_mode)
+        if mode & 0o055 != 0o055:  # sandboxes must read it; keep any group write bit
+            with contextlib.suppress(OSError):
+                os.chmod(self.cache, mode | 0o755)
         return Path(tempfile.mkdtemp(prefix=f".{language}-", dir=self.cache))
 
     async def _build_unnamed(self, language: Language, work: _Work) -> Path:
