@@ -43,10 +43,10 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..config import FunctionsConfig, Language
-from .dependencies import Pairs, npm_dependencies, pip_requirements, set_key
+from . import locks
+from .dependencies import Pairs, pip_requirements, set_key
 from .metrics import FunctionMetrics
 from .store import FunctionStore
 
@@ -69,10 +69,6 @@ class InstallError(Exception):
 class _Run:
     returncode: int
     output: str
-
-
-def _canonical(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
 def traversal_problem(path: str) -> str | None:
@@ -198,7 +194,9 @@ class DependencyInstaller:
                     outcome = "cached"
                     return str(self._mounted(language, folder))
                 outcome = "replayed"
-                await self._build(language, folder, lambda tmp: self._replay(language, lock, tmp))
+                await self._build(
+                    language, folder, lambda tmp: self._replay(language, pairs, lock, tmp)
+                )
             else:
                 resolved: dict[str, bytes] = {}
 
@@ -291,45 +289,22 @@ class DependencyInstaller:
             report = tmp / "report.json"
             argv = [*self._pip_argv(tmp), "--report", str(report), "--", *pip_requirements(pairs)]
             await self._run(argv, tmp, "pip")
-            data = json.loads(report.read_text())
+            lock = locks.pip_lock(json.loads(report.read_text()))
             report.unlink()
-            packages = []
-            for item in data.get("install", []):
-                metadata = item.get("metadata", {})
-                hashes = (item.get("download_info", {}).get("archive_info", {}) or {}).get(
-                    "hashes", {}
-                )
-                packages.append(
-                    {
-                        "name": metadata.get("name"),
-                        "version": metadata.get("version"),
-                        "sha256": hashes.get("sha256"),
-                    }
-                )
-            packages.sort(key=lambda p: str(p["name"]).lower())
-            return _canonical({"kind": "pip", "packages": packages})
-        package = {
-            "name": "reflow-function-dependencies",
-            "version": "0.0.0",
-            "private": True,
-            "dependencies": npm_dependencies(pairs),
-        }
-        (tmp / "package.json").write_text(json.dumps(package))
+            return lock
+        (tmp / "package.json").write_text(json.dumps(locks.npm_package(pairs)))
         await self._run(self._npm_argv("install"), tmp, "npm")
-        lock = json.loads((tmp / "package-lock.json").read_text())
-        return _canonical({"kind": "npm", "package": package, "lock": lock})
+        return locks.npm_lock(json.loads((tmp / "package-lock.json").read_text()))
 
-    async def _replay(self, language: Language, lock_data: bytes, tmp: Path) -> None:
-        lock = json.loads(lock_data)
+    async def _replay(self, language: Language, pairs: Pairs, lock: bytes, tmp: Path) -> None:
+        try:
+            if language == "python":
+                lines, hashed = locks.pip_requirements(lock)
+            else:
+                package, package_lock = locks.npm_files(lock, pairs)
+        except (ValueError, AttributeError, TypeError) as error:
+            raise InstallError(f"the stored dependency lock is unusable: {error}") from None
         if language == "python":
-            packages = lock.get("packages", [])
-            hashed = all(item.get("sha256") for item in packages)
-            lines = []
-            for item in packages:
-                line = f"{item['name']}=={item['version']}"
-                if hashed:
-                    line += f" --hash=sha256:{item['sha256']}"
-                lines.append(line)
             requirements = tmp / "requirements.txt"
             requirements.write_text("\n".join(lines) + "\n")
             argv = [*self._pip_argv(tmp), "--no-deps", "-r", str(requirements)]
@@ -338,8 +313,8 @@ class DependencyInstaller:
             await self._run(argv, tmp, "pip")
             requirements.unlink()
             return
-        (tmp / "package.json").write_text(json.dumps(lock["package"]))
-        (tmp / "package-lock.json").write_text(json.dumps(lock["lock"]))
+        (tmp / "package.json").write_text(json.dumps(package))
+        (tmp / "package-lock.json").write_text(json.dumps(package_lock))
         await self._run(self._npm_argv("ci"), tmp, "npm")
 
     def _environment(self) -> dict[str, str]:

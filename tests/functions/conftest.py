@@ -27,14 +27,14 @@ start_server = _server.start_server
 config = _server.config
 server = _server.server
 
-PYTHON_FUNCTION = '''
+PYTHON_FUNCTION = """
 @actor({"component": "multiplier", "inports": ["input"], "outports": ["output"]})
 async def process(context):
     value = context.get_input("input", 0)
     await context.send_output("progress", {"seen": value})
     calls = await context.increment_state("calls")
     return {"output": value * 2, "calls": calls}
-'''
+"""
 
 NODE_FUNCTION = """
 const metadata = {"component": "js_multiplier", "inports": ["input"], "outports": ["output"]};

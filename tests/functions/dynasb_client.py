@@ -85,9 +85,9 @@ class DynAsbClient:
         self.headers: dict[str, str] = {"Content-Type": "application/json"}
         if parts.username is not None:
             credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-            self.headers["Authorization"] = "Basic " + base64.b64encode(
-                credentials.encode()
-            ).decode()
+            self.headers["Authorization"] = (
+                "Basic " + base64.b64encode(credentials.encode()).decode()
+            )
             host = parts.hostname or ""
             netloc = f"{host}:{parts.port}" if parts.port else host
             parts = parts._replace(netloc=netloc)
@@ -105,9 +105,9 @@ class DynAsbClient:
                 method,
                 self.api_url + path,
                 json=body,
-                headers=self.headers if body is not None else {
-                    k: v for k, v in self.headers.items() if k != "Content-Type"
-                },
+                headers=self.headers
+                if body is not None
+                else {k: v for k, v in self.headers.items() if k != "Content-Type"},
             ) as response,
         ):
             text = await response.text()

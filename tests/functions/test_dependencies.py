@@ -144,9 +144,7 @@ async def test_a_dependency_that_cannot_be_had_fails_the_deploy_with_the_install
         ("nodejs", "module.exports = () => ({});", {missing: "*"}, ["404", missing]),
     ]  # fmt: skip
     for runtime, code, dependencies, words in cases:
-        status, body = await reflow.deploy_raw(
-            "needs", runtime, code, dependencies=dependencies
-        )
+        status, body = await reflow.deploy_raw("needs", runtime, code, dependencies=dependencies)
         assert status == 422 and body["success"] is False, body
         assert body["error"].startswith("the dependencies could not be installed:"), body
         for word in words:

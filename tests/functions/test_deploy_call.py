@@ -100,11 +100,13 @@ async def test_the_same_code_deployed_again_is_stored_and_checked_once(
         *(reflow.deploy("multiplier", "python", PYTHON_FUNCTION) for _ in range(5))
     )
     assert len(set(ids)) == 5
-    assert await metric(
-        server, "microsandbox_function_deploys_total", runtime="python", outcome="new"
-    ) + await metric(
-        server, "microsandbox_function_deploys_total", runtime="python", outcome="cached"
-    ) == 5
+    assert (
+        await metric(server, "microsandbox_function_deploys_total", runtime="python", outcome="new")
+        + await metric(
+            server, "microsandbox_function_deploys_total", runtime="python", outcome="cached"
+        )
+        == 5
+    )
     # One syntax-check sandbox for the five deploys.
     assert (
         await metric(

@@ -9,6 +9,7 @@ import json
 
 import pytest
 
+from reflow_microsandbox.functions import locks
 from reflow_microsandbox.functions.dependencies import DependencyError, normalise, set_key
 from reflow_microsandbox.functions.model import (
     DeployError,
@@ -142,3 +143,35 @@ def test_basic_credentials_present_the_password_or_a_lone_user_name() -> None:
     assert auth.allows_request({"Authorization": _basic("anyone:tok")})
     assert not auth.allows_request({"Authorization": _basic("tok:wrong")})
     assert TokenAuth([]).allows_request({})
+
+
+def test_a_stored_lock_is_replayed_only_when_it_names_registry_packages() -> None:
+    report = {
+        "install": [
+            {
+                "metadata": {"name": "inflection", "version": "0.5.1"},
+                "download_info": {"archive_info": {"hashes": {"sha256": "f" * 64}}},
+            }
+        ]
+    }
+    lines, hashed = locks.pip_requirements(locks.pip_lock(report))
+    assert (lines, hashed) == ([f"inflection==0.5.1 --hash=sha256:{'f' * 64}"], True)
+    for name, version in (("--index-url=x", "1"), ("x", "1; import os"), ("a b", "1")):
+        bad = json.dumps({"kind": "pip", "packages": [{"name": name, "version": version}]})
+        with pytest.raises(ValueError):
+            locks.pip_requirements(bad.encode())
+
+    pairs = (("is-number", "*"),)
+    entry = {"version": "7.0.0", "resolved": "https://registry.npmjs.org/is-number/-/x.tgz"}
+    good = {"packages": {"": {"dependencies": {"is-number": "*"}}, "node_modules/is-number": entry}}
+    package, package_lock = locks.npm_files(locks.npm_lock(good), pairs)
+    assert package["dependencies"] == {"is-number": "*"} and package_lock == good
+    for entries in (
+        {"": {"dependencies": {"evil": "*"}}},
+        {"": {"dependencies": {"is-number": "*"}}, "node_modules/x": {"link": True}},
+        {"": {"dependencies": {"is-number": "*"}},
+         "node_modules/x": {"resolved": "git+ssh://git@example.org/x.git"}},
+        {"": {"dependencies": {"is-number": "*"}}, "../outside": {"version": "1.0.0"}},
+    ):  # fmt: skip
+        with pytest.raises(ValueError):
+            locks.npm_files(locks.npm_lock({"packages": entries}), pairs)
