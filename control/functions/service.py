@@ -117,7 +117,7 @@ class FunctionService:
         self._metrics = metrics
         self._local: OrderedDict[tuple[str, str], _Loaded] = OrderedDict()
         self._loading: dict[tuple[str, str], asyncio.Task[_Loaded]] = {}
-        self._checks: dict[str, asyncio.Task[str | None]] = {}
+        self._checks: dict[str, asyncio.Task[bool]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self.draining = False
@@ -217,13 +217,27 @@ class FunctionService:
             self._check_dependencies_allowed()
         code = FunctionCode(language, source, pairs)
         digest = code.digest
-        if await self._store.load_code(digest, settings.idle_timeout) is not None:
+        # Deploys of the same code at once (Reflow deploys every actor instance of a
+        # graph together) share one look-up, one check and one write.
+        task = self._checks.get(digest)
+        if task is not None:
+            await asyncio.shield(task)
             return code, False
-        problem = await self._checked(code, script_filename(name, language))
+        task = asyncio.create_task(self._check_and_store(code, script_filename(name, language)))
+        self._checks[digest] = task
+        task.add_done_callback(lambda _: self._checks.pop(digest, None))
+        return code, await asyncio.shield(task)
+
+    async def _check_and_store(self, code: FunctionCode, filename: str) -> bool:
+        """Store ``code`` unless stored already, after its syntax check; whether it was new."""
+        ttl = self._settings.idle_timeout
+        if await self._store.load_code(code.digest, ttl) is not None:
+            return False
+        problem = await self._check_syntax(code.runtime, code.code, filename)
         if problem is not None:
             raise DeployError(422, problem, "syntax_error")
-        await self._store.save_code(digest, code.to_bytes(), settings.idle_timeout)
-        return code, True
+        await self._store.save_code(code.digest, code.to_bytes(), ttl)
+        return True
 
     def _check_dependencies_allowed(self) -> None:
         if not self._settings.allow_dependencies:
@@ -235,15 +249,6 @@ class FunctionService:
         problem = self._installer.problem()
         if problem is not None:
             raise DeployError(503, problem, "dependency_error")
-
-    async def _checked(self, code: FunctionCode, filename: str) -> str | None:
-        """The syntax check of ``code``, shared by concurrent deploys of the same code."""
-        task = self._checks.get(code.digest)
-        if task is None:
-            task = asyncio.create_task(self._check_syntax(code.runtime, code.code, filename))
-            self._checks[code.digest] = task
-            task.add_done_callback(lambda _: self._checks.pop(code.digest, None))
-        return await asyncio.shield(task)
 
     async def _check_syntax(self, language: Language, source: str, filename: str) -> str | None:
         """The compiler's complaint about ``source``, or None; compiled in a sandbox."""
@@ -344,9 +349,7 @@ class FunctionService:
         try:
             record = await self._store.touch(function_id, self._settings.idle_timeout)
         except SandboxError as error:
-            raise RpcError(
-                SANDBOX_ERROR_CODES["state_error"], error.message, {"kind": "state_error"}
-            ) from None
+            raise _store_failed(error) from None
         if record is None:
             raise RpcError(
                 FUNCTION_NOT_FOUND,
@@ -395,9 +398,7 @@ class FunctionService:
         try:
             data = await self._store.load_code(record.digest, self._settings.idle_timeout)
         except SandboxError as error:
-            raise RpcError(
-                SANDBOX_ERROR_CODES["state_error"], error.message, {"kind": "state_error"}
-            ) from None
+            raise _store_failed(error) from None
         if data is None:
             raise RpcError(
                 FUNCTION_NOT_FOUND,
@@ -441,9 +442,7 @@ class FunctionService:
                 {"kind": "load_error", "function_id": fid},
             ) from None
         except SandboxError as error:
-            raise RpcError(
-                SANDBOX_ERROR_CODES["state_error"], error.message, {"kind": "state_error"}
-            ) from None
+            raise _store_failed(error) from None
         self._installer.mark_used(folder)
         return folder
 
@@ -479,6 +478,11 @@ class FunctionService:
                 keep.add(str(_parent(entry.package_dir)))
         with contextlib.suppress(OSError):
             self._installer.prune(keep, self._settings.idle_timeout)
+
+
+def _store_failed(error: SandboxError) -> RpcError:
+    """The JSON-RPC error for a call whose function store failed."""
+    return RpcError(SANDBOX_ERROR_CODES["state_error"], error.message, {"kind": "state_error"})
 
 
 def _parent(path: str) -> str:

@@ -89,28 +89,40 @@ class SqliteFunctionStore(FunctionStore):
         return await self._state.run(with_schema)
 
     async def save_code(self, digest: str, data: bytes, ttl: float) -> None:
+        await self._upsert("function_code", "digest", "record", digest, data, ttl)
+
+    async def _upsert(
+        self, table: str, key_column: str, value_column: str, key: str, value: bytes, ttl: float
+    ) -> None:
+        """Insert or replace one row with a fresh expiry (names are constants)."""
         expires = _now_ms() + _ms(ttl)
         await self._run(
             lambda conn: conn.execute(
-                "INSERT INTO function_code (digest, record, expires_ms) VALUES (?, ?, ?) "
-                "ON CONFLICT(digest) DO UPDATE SET record = excluded.record, "
-                "expires_ms = excluded.expires_ms",
-                (digest, data, expires),
+                f"INSERT INTO {table} ({key_column}, {value_column}, expires_ms) VALUES (?, ?, ?) "
+                f"ON CONFLICT({key_column}) DO UPDATE SET {value_column} = "
+                f"excluded.{value_column}, expires_ms = excluded.expires_ms",
+                (key, value, expires),
             )
         )
 
     async def load_code(self, digest: str, ttl: float) -> bytes | None:
+        return await self._load_refreshed("function_code", "digest", "record", digest, ttl)
+
+    async def _load_refreshed(
+        self, table: str, key_column: str, value_column: str, key: str, ttl: float
+    ) -> bytes | None:
+        """A live row's value, its expiry pushed ``ttl`` ahead (names are constants)."""
+
         def load(conn: sqlite3.Connection) -> bytes | None:
             now = _now_ms()
             row = conn.execute(
-                "SELECT record FROM function_code WHERE digest = ? AND expires_ms > ?",
-                (digest, now),
+                f"SELECT {value_column} FROM {table} WHERE {key_column} = ? AND expires_ms > ?",
+                (key, now),
             ).fetchone()
             if row is None:
                 return None
             conn.execute(
-                "UPDATE function_code SET expires_ms = ? WHERE digest = ?",
-                (now + _ms(ttl), digest),
+                f"UPDATE {table} SET expires_ms = ? WHERE {key_column} = ?", (now + _ms(ttl), key)
             )
             return bytes(row[0])
 
@@ -212,27 +224,7 @@ class SqliteFunctionStore(FunctionStore):
         return int(held)
 
     async def load_lock(self, key: str, ttl: float) -> bytes | None:
-        def load(conn: sqlite3.Connection) -> bytes | None:
-            now = _now_ms()
-            row = conn.execute(
-                "SELECT lock FROM function_deps WHERE key = ? AND expires_ms > ?", (key, now)
-            ).fetchone()
-            if row is None:
-                return None
-            conn.execute(
-                "UPDATE function_deps SET expires_ms = ? WHERE key = ?", (now + _ms(ttl), key)
-            )
-            return bytes(row[0])
-
-        return await self._run(load)
+        return await self._load_refreshed("function_deps", "key", "lock", key, ttl)
 
     async def save_lock(self, key: str, data: bytes, ttl: float) -> None:
-        expires = _now_ms() + _ms(ttl)
-        await self._run(
-            lambda conn: conn.execute(
-                "INSERT INTO function_deps (key, lock, expires_ms) VALUES (?, ?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET lock = excluded.lock, "
-                "expires_ms = excluded.expires_ms",
-                (key, data, expires),
-            )
-        )
+        await self._upsert("function_deps", "key", "lock", key, data, ttl)

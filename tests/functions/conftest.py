@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import pytest
 from reflow_microsandbox.config import Config, deep_merge, parse_config
 from reflow_microsandbox.server import Server
 from tests.server import conftest as _server
-from tests.server.conftest import config_data
+from tests.server.conftest import StartServer, config_data
 
 from .dynasb_client import DynAsbClient
 
@@ -73,6 +73,31 @@ def function_config(
         },
     )
     return parse_config(deep_merge(data, overrides))
+
+
+StartNode = Callable[..., Awaitable[Server]]
+
+
+@pytest.fixture
+def start_node(
+    start_server: StartServer,
+    scripts: Path,
+    tmp_path: Path,
+    redis_url: str,
+    dependency_cache: Path,
+) -> StartNode:
+    """Starts a node for the functions API: ``store`` "redis" (the session's redis-server,
+    shared by every node of a test) or "sqlite"; its own state folder and dependency cache
+    by ``name``; keyword overrides merge into the config (``functions={...}``)."""
+
+    async def start(*, name: str = "node", store: str = "redis", **overrides: Any) -> Server:
+        state_dir = tmp_path / name
+        state_dir.mkdir(exist_ok=True)
+        url = redis_url if store == "redis" else None
+        config = function_config(scripts, state_dir, url, dependency_cache / name, **overrides)
+        return await start_server(config)
+
+    return start
 
 
 def api_url(server: Server, credentials: str = "") -> str:

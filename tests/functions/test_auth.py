@@ -6,7 +6,6 @@ WebSocket; the existing Bearer header and ``?token=`` still work; everything els
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -14,32 +13,19 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from tests.server.clients import ReflowClient
-from tests.server.conftest import StartServer
 
-from .conftest import PYTHON_FUNCTION, client_for, function_config
+from .conftest import PYTHON_FUNCTION, StartNode, client_for
 from .dynasb_client import DeployFailed
 
 TOKEN = "s3cret-deploy-token-9f8e7d"
 
 
 async def test_tokens_reach_rest_and_websocket_the_ways_reflow_sends_them(
-    start_server: StartServer,
-    scripts: Path,
-    tmp_path: Path,
-    redis_url: str,
-    dependency_cache: Path,
+    start_node: StartNode,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    config = function_config(
-        scripts,
-        tmp_path,
-        redis_url,
-        dependency_cache,
-        auth={"tokens": ["another-token", TOKEN]},
-        logging={"level": "debug"},
-    )
-    server = await start_server(config)
+    server = await start_node(auth={"tokens": ["another-token", TOKEN]}, logging={"level": "debug"})
 
     # REST: the password of a Basic credential, or a user name alone, is the token.
     reflow = client_for(server, credentials=f"reflow:{TOKEN}@", token=TOKEN)
@@ -97,13 +83,9 @@ async def test_tokens_reach_rest_and_websocket_the_ways_reflow_sends_them(
 
 
 async def test_without_tokens_the_api_is_open(
-    start_server: StartServer,
-    scripts: Path,
-    tmp_path: Path,
-    redis_url: str,
-    dependency_cache: Path,
+    start_node: StartNode,
 ) -> None:
-    server = await start_server(function_config(scripts, tmp_path, redis_url, dependency_cache))
+    server = await start_node()
     # Credentials Reflow may still send are ignored when auth is off.
     reflow = client_for(server, credentials="user:whatever@", token="anything")
     function_id = await reflow.deploy("multiplier", "python", PYTHON_FUNCTION)

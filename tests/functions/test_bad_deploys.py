@@ -10,9 +10,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.server.conftest import StartServer
-
-from .conftest import PYTHON_FUNCTION, client_for, function_config
+from .conftest import PYTHON_FUNCTION, StartNode, client_for
 
 DEPLOY_FIELDS = {"success", "function_id", "vm_id", "endpoint", "deployment_time_ms", "error"}
 
@@ -68,20 +66,9 @@ CASES: list[tuple[str, bytes | dict[str, Any], int, list[str]]] = [
 
 
 async def test_every_bad_deploy_gets_success_false_and_a_clear_error(
-    start_server: StartServer,
-    scripts: Path,
-    tmp_path: Path,
-    redis_url: str,
-    dependency_cache: Path,
+    start_node: StartNode,
 ) -> None:
-    config = function_config(
-        scripts,
-        tmp_path,
-        redis_url,
-        dependency_cache,
-        functions={"max_code_bytes": 4096, "max_dependencies": 3},
-    )
-    server = await start_server(config)
+    server = await start_node(functions={"max_code_bytes": 4096, "max_dependencies": 3})
     url = f"http://127.0.0.1:{server.http_port}/api/v1/functions"
     problems = []
     async with aiohttp.ClientSession() as session:
@@ -114,32 +101,22 @@ async def test_every_bad_deploy_gets_success_false_and_a_clear_error(
 
 
 async def test_a_server_that_installs_no_dependencies_refuses_them_clearly(
-    start_server: StartServer,
-    scripts: Path,
-    tmp_path: Path,
-    redis_url: str,
-    dependency_cache: Path,
+    start_node: StartNode,
 ) -> None:
-    config = function_config(
-        scripts, tmp_path, redis_url, dependency_cache, functions={"allow_dependencies": False}
-    )
-    server = await start_server(config)
+    server = await start_node(functions={"allow_dependencies": False})
     status, body = await client_for(server).deploy_raw(
         "needs_six", "python", PYTHON_FUNCTION, dependencies={"six": "*"}
     )
     assert status == 422 and body["success"] is False
     assert "functions.allow_dependencies: false" in body["error"]
-    assert not await asyncio.to_thread(dependency_cache.exists)  # no installer ran
+    cache = Path(server.config.functions.dependency_cache)
+    assert not await asyncio.to_thread(cache.exists)  # no installer ran
 
 
 async def test_a_deploy_that_arrives_while_the_node_drains_is_refused(
-    start_server: StartServer,
-    scripts: Path,
-    tmp_path: Path,
-    redis_url: str,
-    dependency_cache: Path,
+    start_node: StartNode,
 ) -> None:
-    server = await start_server(function_config(scripts, tmp_path, redis_url, dependency_cache))
+    server = await start_node()
     reflow = client_for(server)
     # A call that keeps the drain going while the deploy arrives.
     slow = await reflow.deploy("slow", "python", "import time\ndef process(c):\n  time.sleep(3)\n")

@@ -42,14 +42,19 @@ def _served_calls(server: Server) -> float:
     return total
 
 
-async def _wait_for_balancer(lb_port: int) -> None:
+async def _reflow_through(lb_port: int) -> DynAsbClient:
+    """What a Reflow user configures: the balancer for both URLs, the token as the
+    password and in the WebSocket path; returned once nginx listens."""
     async with aiohttp.ClientSession() as session:
         for _ in range(100):  # bounded: until nginx listens
             try:
                 async with session.get(f"http://127.0.0.1:{lb_port}/health"):
-                    return
+                    break
             except aiohttp.ClientConnectionError:
                 await asyncio.sleep(0.05)
+    return DynAsbClient(
+        f"http://reflow:{TOKEN}@127.0.0.1:{lb_port}", f"ws://127.0.0.1:{lb_port}/ws/{TOKEN}"
+    )
 
 
 @pytest.fixture
@@ -111,12 +116,7 @@ async def test_functions_deploy_and_run_through_the_balancer_on_every_node(
     cluster: tuple[int, dict[str, Server], Path],
 ) -> None:
     lb_port, nodes, access_log = cluster
-    # What a Reflow user configures: the balancer for both, the token as the password
-    # and in the WebSocket path.
-    reflow = DynAsbClient(
-        f"http://reflow:{TOKEN}@127.0.0.1:{lb_port}", f"ws://127.0.0.1:{lb_port}/ws/{TOKEN}"
-    )
-    await _wait_for_balancer(lb_port)
+    reflow = await _reflow_through(lb_port)
 
     python_id = await reflow.deploy("multiplier", "python", PYTHON_FUNCTION)
     node_id = await reflow.deploy("js_multiplier", "nodejs", NODE_FUNCTION)
@@ -172,10 +172,7 @@ async def test_a_deploy_the_draining_node_refuses_is_retried_on_the_other_node(
     cluster: tuple[int, dict[str, Server], Path],
 ) -> None:
     lb_port, nodes, access_log = cluster
-    reflow = DynAsbClient(
-        f"http://reflow:{TOKEN}@127.0.0.1:{lb_port}", f"ws://127.0.0.1:{lb_port}/ws/{TOKEN}"
-    )
-    await _wait_for_balancer(lb_port)
+    reflow = await _reflow_through(lb_port)
     slow = await reflow.deploy("slow", "python", "import time\ndef process(c):\n  time.sleep(3)\n")
     draining = nodes["a"]
     url = f"ws://{NODES['a']}:{draining.ws_port}/ws/{TOKEN}/{slow}"

@@ -15,9 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server.conftest import StartServer
-
-from .conftest import client_for, function_config
+from .conftest import StartNode, client_for
 from .dynasb_client import DeployFailed
 from .test_deploy_call import metric
 
@@ -57,13 +55,9 @@ PYTHON_WITHOUT = "import inflection\n\ndef process(context):\n    return {}\n"
 
 
 async def test_dependencies_install_once_and_are_mounted_read_only_into_their_function(
-    start_server: StartServer,
-    scripts: Path,
-    tmp_path: Path,
-    redis_url: str,
-    dependency_cache: Path,
+    start_node: StartNode,
 ) -> None:
-    server = await start_server(function_config(scripts, tmp_path, redis_url, dependency_cache))
+    server = await start_node()
     reflow = client_for(server)
     python_id = await reflow.deploy(
         "camel", "python", PYTHON_WITH_DEPENDENCY, dependencies={"inflection": "*"}
@@ -124,13 +118,9 @@ async def test_dependencies_install_once_and_are_mounted_read_only_into_their_fu
 
 
 async def test_a_dependency_that_cannot_be_had_fails_the_deploy_with_the_installers_message(
-    start_server: StartServer,
-    scripts: Path,
-    tmp_path: Path,
-    redis_url: str,
-    dependency_cache: Path,
+    start_node: StartNode,
 ) -> None:
-    server = await start_server(function_config(scripts, tmp_path, redis_url, dependency_cache))
+    server = await start_node()
     reflow = client_for(server)
     missing = "reflow-microsandbox-no-such-package-0c5d9"
     cases = [
@@ -159,16 +149,9 @@ async def test_a_dependency_that_cannot_be_had_fails_the_deploy_with_the_install
 
 
 async def test_status_says_deploying_until_the_dependencies_are_in(
-    start_server: StartServer,
-    scripts: Path,
-    tmp_path: Path,
-    redis_url: str,
-    dependency_cache: Path,
+    start_node: StartNode,
 ) -> None:
-    config = function_config(
-        scripts, tmp_path, redis_url, dependency_cache, functions={"install_wait": 0}
-    )
-    server = await start_server(config)
+    server = await start_node(functions={"install_wait": 0})
     reflow = client_for(server)
     status, body = await reflow.deploy_raw(
         "camel", "python", PYTHON_WITH_DEPENDENCY, dependencies={"inflection": "*"}
@@ -200,18 +183,10 @@ async def test_status_says_deploying_until_the_dependencies_are_in(
 
 
 async def test_another_node_installs_the_same_lock_on_its_first_call(
-    start_server: StartServer,
-    scripts: Path,
-    tmp_path: Path,
-    redis_url: str,
-    dependency_cache: Path,
+    start_node: StartNode,
 ) -> None:
-    node_a = await start_server(
-        function_config(scripts, tmp_path / "a", redis_url, dependency_cache / "a")
-    )
-    node_b = await start_server(
-        function_config(scripts, tmp_path / "b", redis_url, dependency_cache / "b")
-    )
+    node_a = await start_node(name="a")
+    node_b = await start_node(name="b")
     function_id = await client_for(node_a).deploy(
         "camel", "python", PYTHON_WITH_DEPENDENCY, dependencies={"inflection": "*"}
     )
@@ -228,10 +203,10 @@ async def test_another_node_installs_the_same_lock_on_its_first_call(
         == 1
     )  # fmt: skip
 
-    def installed(cache: Path) -> list[str]:
-        return sorted(p.name for p in cache.iterdir() if not p.name.startswith("."))
+    def installed(cache: str) -> list[str]:
+        return sorted(p.name for p in Path(cache).iterdir() if not p.name.startswith("."))
 
-    on_a = await asyncio.to_thread(installed, dependency_cache / "a")
-    on_b_disk = await asyncio.to_thread(installed, dependency_cache / "b")
+    on_a = await asyncio.to_thread(installed, node_a.config.functions.dependency_cache)
+    on_b_disk = await asyncio.to_thread(installed, node_b.config.functions.dependency_cache)
     assert on_a == on_b_disk and len(on_a) == 1  # the same lock, hence the same folder
     assert (await on_b.status(function_id)).invocation_count == 1
