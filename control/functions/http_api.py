@@ -15,13 +15,18 @@ auth (the password; what Reflow sends for ``http://user:TOKEN@host``) or
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from ..transports.auth import TokenAuth
 from .model import deploy_failed
 from .service import FunctionService, Reply
+
+log = logging.getLogger(__name__)
 
 _CHUNK = 64 * 1024
 _AUTH_CHALLENGE = 'Basic realm="reflow-microsandbox", charset="UTF-8"'
@@ -36,6 +41,23 @@ def _json(reply: Reply, headers: dict[str, str] | None = None) -> web.Response:
     )
 
 
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def _json_errors(handler: Handler) -> Handler:
+    """An unexpected failure still answers Reflow's JSON shape (500), never a traceback."""
+
+    @functools.wraps(handler)
+    async def guarded(request: web.Request) -> web.Response:
+        try:
+            return await handler(request)
+        except Exception:
+            log.exception("%s %s failed", request.method, request.path)
+            return _json(Reply(500, deploy_failed("internal error")))
+
+    return guarded
+
+
 class FunctionRoutes:
     """The three REST endpoints; :meth:`routes` gives them to the HTTP transport."""
 
@@ -47,9 +69,9 @@ class FunctionRoutes:
 
     def routes(self) -> list[web.RouteDef]:
         return [
-            web.post("/api/v1/functions", self._deploy),
-            web.get("/api/v1/functions/{function_id}", self._status),
-            web.post("/api/v1/functions/{function_id}/undeploy", self._undeploy),
+            web.post("/api/v1/functions", _json_errors(self._deploy)),
+            web.get("/api/v1/functions/{function_id}", _json_errors(self._status)),
+            web.post("/api/v1/functions/{function_id}/undeploy", _json_errors(self._undeploy)),
         ]
 
     def _refused(self, request: web.Request) -> web.Response | None:

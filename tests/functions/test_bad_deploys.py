@@ -10,6 +10,8 @@ from typing import Any
 
 import aiohttp
 
+from tests.redis_server import RedisServer
+
 from .conftest import PYTHON_FUNCTION, StartNode, client_for
 
 DEPLOY_FIELDS = {"success", "function_id", "vm_id", "endpoint", "deployment_time_ms", "error"}
@@ -138,3 +140,27 @@ async def test_a_deploy_that_arrives_while_the_node_drains_is_refused(
     assert status == 503 and set(answer) == DEPLOY_FIELDS
     assert answer["success"] is False and "shutting down" in answer["error"]
     assert ready_status == 503
+
+
+async def test_with_the_store_down_deploys_status_and_calls_fail_clearly_then_recover(
+    start_node: StartNode, redis_server: RedisServer
+) -> None:
+    server = await start_node()
+    reflow = client_for(server)
+    function_id = await reflow.deploy("fine", "python", PYTHON_FUNCTION)
+    redis_server.stop()
+    try:
+        status, answer = await reflow.deploy_raw("other", "python", PYTHON_FUNCTION)
+        assert status == 503 and set(answer) == DEPLOY_FIELDS and answer["success"] is False
+        assert "function store failed" in answer["error"] and "redis" in answer["error"]
+        # Reflow keeps polling through "starting" rather than giving up.
+        assert (await reflow.status(function_id)).state == "starting"
+        async with reflow.connect(function_id) as actor:
+            reply = await actor.process("fine", {"input": 1})
+        assert reply.error is not None and reply.error["data"]["kind"] == "state_error"
+    finally:
+        redis_server.start()  # empty again: this test's Redis keeps no data
+    again = await reflow.deploy("fine", "python", PYTHON_FUNCTION)
+    async with reflow.connect(again) as actor:
+        reply = await actor.process("fine", {"input": 1})
+    assert reply.outputs == {"output": 2, "calls": 1}
