@@ -53,6 +53,7 @@ from .store import FunctionStore
 log = logging.getLogger(__name__)
 
 _COMPLETE = ".complete"
+_NPM_CACHE = ".npm-cache"
 _OUTPUT_TAIL = 16 * 1024
 _MESSAGE_LIMIT = 2000
 _ERROR_MARKS = ("ERROR:", "npm ERR!", "npm error", "error:")
@@ -158,16 +159,21 @@ class DependencyInstaller:
                 await task
 
     def prune(self, keep: set[str], older_than: float) -> int:
-        """Remove cached sets not in ``keep`` and unused for ``older_than`` seconds."""
+        """Remove cached sets not in ``keep`` and unused for ``older_than`` seconds, and
+        builds left half-done (by a killed server) for twice the install timeout."""
         removed = 0
         if not self.cache.is_dir():
             return 0
-        limit = time.time() - older_than
+        now = time.time()
         for entry in self.cache.iterdir():
-            if entry.name.startswith(".") or str(entry) in keep:
+            if str(entry) in keep:
                 continue
+            building = entry.name.startswith(".")
+            if building and entry.name[1:].split("-")[0] not in ("python", "nodejs"):
+                continue
+            age = 2 * self._settings.install_timeout if building else older_than
             with contextlib.suppress(OSError):
-                if entry.stat().st_mtime < limit:
+                if entry.stat().st_mtime < now - age:
                     shutil.rmtree(entry)
                     removed += 1
         return removed
@@ -266,7 +272,7 @@ class DependencyInstaller:
             "--only-binary", ":all:",
             "--target", str(tmp / "site"),
             "--no-input", "--disable-pip-version-check", "--no-warn-script-location",
-            "--cache-dir", str(self.cache / ".pip-cache"),
+            "--no-cache-dir",
         ]  # fmt: skip
         if self._settings.pip_index_url:
             argv += ["--index-url", self._settings.pip_index_url]
@@ -317,12 +323,13 @@ class DependencyInstaller:
         (tmp / "package-lock.json").write_text(json.dumps(package_lock))
         await self._run(self._npm_argv("ci"), tmp, "npm")
 
-    def _environment(self) -> dict[str, str]:
+    def _environment(self, work: Path) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MICROSANDBOX_")}
         env.update(
             PIP_NO_INPUT="1",
             PIP_DISABLE_PIP_VERSION_CHECK="1",
-            npm_config_cache=str(self.cache / ".npm-cache"),
+            # npm needs a cache: one per run, removed with the run (see _run).
+            npm_config_cache=str(work / _NPM_CACHE),
             npm_config_update_notifier="false",
             npm_config_fund="false",
             npm_config_audit="false",
@@ -335,7 +342,7 @@ class DependencyInstaller:
             process = await asyncio.create_subprocess_exec(
                 *argv,
                 cwd=cwd,
-                env=self._environment(),
+                env=self._environment(cwd),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
@@ -360,6 +367,8 @@ class DependencyInstaller:
             with contextlib.suppress(Exception):
                 await process.wait()
             raise
+        finally:
+            shutil.rmtree(cwd / _NPM_CACHE, ignore_errors=True)
         output = tail.decode("utf-8", "replace")
         if process.returncode != 0:
             lines = _error_lines(output)

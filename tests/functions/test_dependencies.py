@@ -11,6 +11,8 @@ Packages: ``inflection`` (one small pure wheel, no dependencies) and ``is-number
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -210,3 +212,36 @@ async def test_another_node_installs_the_same_lock_on_its_first_call(
     on_b_disk = await asyncio.to_thread(installed, node_b.config.functions.dependency_cache)
     assert on_a == on_b_disk and len(on_a) == 1  # the same lock, hence the same folder
     assert (await on_b.status(function_id)).invocation_count == 1
+
+
+async def test_the_cache_drops_sets_unused_for_the_idle_time_and_stale_builds(
+    start_node: StartNode,
+) -> None:
+    server = await start_node(functions={"install_timeout": 60})
+    function_id = await client_for(server).deploy(
+        "camel", "python", PYTHON_WITH_DEPENDENCY, dependencies={"inflection": "*"}
+    )
+    async with client_for(server).connect(function_id) as actor:
+        assert (await actor.process("camel", {"text": "a_b"})).outputs is not None
+    installer = server.functions._installer
+    cache = installer.cache
+
+    def prepare() -> tuple[Path, Path, Path]:
+        (in_use,) = [p for p in cache.iterdir() if p.name.startswith("python-")]
+        old_set, stale_build = cache / "python-0123", cache / ".python-killed"
+        for folder in (old_set, stale_build):
+            folder.mkdir()
+            os.utime(folder, (time.time() - 3600, time.time() - 3600))
+        os.utime(in_use, (time.time() - 3600, time.time() - 3600))
+        return in_use, old_set, stale_build
+
+    in_use, old_set, stale_build = await asyncio.to_thread(prepare)
+    # What the sweeper does: marks the sets of loaded functions used, drops builds older
+    # than twice the install timeout, keeps sets younger than the idle timeout (24 h).
+    server.functions.sweep(time.monotonic() - 86400)
+    assert not await asyncio.to_thread(stale_build.exists)
+    assert await asyncio.to_thread(old_set.exists)
+    # With a shorter idle time the unused set goes; the one in use stays.
+    assert installer.prune(set(), older_than=600) == 1
+    assert not await asyncio.to_thread(old_set.exists)
+    assert await asyncio.to_thread(in_use.exists)
