@@ -31,6 +31,11 @@ if ((${#missing[@]})); then
 fi
 # nodejs may already be provided outside apt (/usr/bin/node): that is fine too.
 command -v node >/dev/null || { echo "setup: node not found" >&2; exit 1; }
+# npm installs deployed functions' Node dependencies (Node.js from nodesource bundles it).
+if ! command -v npm >/dev/null; then
+  echo "setup: installing npm"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null
+fi
 
 PY=/usr/bin/python3
 if [ ! -x .venv/bin/python ]; then

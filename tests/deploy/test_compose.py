@@ -28,6 +28,7 @@ from monitoring import dashboard
 from tests.conftest import REPO_ROOT
 from tests.monitoring.exposition import substitute
 
+from . import dynasb_deploy
 from .reflow_client import call
 from .support import free_port, require_engine, run_script, wait_for
 
@@ -80,7 +81,7 @@ def _remove_sandboxes_of(hosts: list[str]) -> None:
 
 
 @pytest.fixture
-def stack() -> Iterator[Stack]:
+def stack(tmp_path: Path) -> Iterator[Stack]:
     require_engine()
     run_script("scripts/build-images.sh")
     run_script("scripts/build-control-plane-image.sh")
@@ -89,6 +90,8 @@ def stack() -> Iterator[Stack]:
         REDIS_PASSWORD=secrets.token_hex(16),
         MICROSANDBOX_LB_PORT=str(free_port()),
         PROMETHEUS_PORT=str(free_port()),
+        # Deployed functions' dependency cache (a host path the engine binds): a temp dir.
+        MICROSANDBOX_DEPENDENCY_CACHE=str(tmp_path / "function-dependencies"),
     )
     stack = Stack(
         project=f"msbxtest{secrets.token_hex(4)}",
@@ -176,6 +179,7 @@ def test_compose_stack_runs_an_actor_through_nginx_and_prometheus_scrapes_every_
 ) -> None:
     wait_for("/health and /ready through nginx", lambda: _ready_through_balancer(stack), tries=60)
     _run_actor(stack)
+    _run_deployed_function(stack)
 
     stack.compose("up", "-d", "--no-build", "--scale", "microsandbox=3")
     assert len(stack.replica_hosts()) == 3
@@ -209,6 +213,20 @@ def test_compose_stack_runs_an_actor_through_nginx_and_prometheus_scrapes_every_
 
     wait_for("the dashboard's panels over ever-present series to show data",
              panels_with_data, tries=30, pause=2)
+
+
+def _run_deployed_function(stack: Stack) -> None:
+    """Reflow's deploy-then-call path through nginx: deploy, poll, call, undeploy."""
+    api = f"http://127.0.0.1:{stack.lb_port}"
+    function_id = dynasb_deploy.deploy(api, "doubler", "python", dynasb_deploy.SAMPLE["python"])
+    (result,) = call(f"ws://127.0.0.1:{stack.lb_port}/ws/{function_id}", "doubler", {"input": 4})
+    assert result.error is None and result.outputs == {"output": 8, "calls": 1}
+    assert [p["data"] for p in result.pushes] == ["doubling"]
+    _, status = dynasb_deploy.request(api, "GET", f"/api/v1/functions/{function_id}")
+    assert status["invocationCount"] == 1
+    dynasb_deploy.request(api, "POST", f"/api/v1/functions/{function_id}/undeploy")
+    (gone,) = call(f"ws://127.0.0.1:{stack.lb_port}/ws/{function_id}", "doubler")
+    assert gone.error is not None and gone.error["data"]["kind"] == "not_found"
 
 
 def test_committed_compose_configs_are_what_the_templates_render(tmp_path: Path) -> None:
