@@ -346,8 +346,9 @@ class DependencyInstaller:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
+                # No umask=: uvloop (the CLI's loop) refuses it; _open_up makes the
+                # finished build readable by the sandbox uids whatever the umask.
                 start_new_session=True,
-                umask=0o022,
             )
         except OSError as error:
             raise InstallError(f"cannot run {tool}: {error.strerror}") from None

@@ -26,6 +26,7 @@ scripts = _server.scripts
 start_server = _server.start_server
 config = _server.config
 server = _server.server
+server_processes = _server.server_processes
 
 PYTHON_FUNCTION = """
 @actor({"component": "multiplier", "inports": ["input"], "outports": ["output"]})

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.server.conftest import ServerProcess, config_data
+
 from .conftest import StartNode, client_for
-from .dynasb_client import DeployFailed
+from .dynasb_client import DeployFailed, DynAsbClient
 from .test_deploy_call import metric
 
 PYTHON_WITH_DEPENDENCY = """
@@ -245,3 +247,32 @@ async def test_the_cache_drops_sets_unused_for_the_idle_time_and_stale_builds(
     assert installer.prune(set(), older_than=600) == 1
     assert not await asyncio.to_thread(old_set.exists)
     assert await asyncio.to_thread(in_use.exists)
+
+
+async def test_a_node_started_by_the_cli_installs_dependencies(
+    scripts: Path,
+    tmp_path: Path,
+    dependency_cache: Path,
+    server_processes: list[ServerProcess],
+) -> None:
+    """``reflow-microsandbox serve`` runs on uvloop, whose subprocesses take fewer keywords
+    than asyncio's: the installer must work on the loop users actually run."""
+    data = config_data(
+        scripts, tmp_path, None, functions={"dependency_cache": str(dependency_cache / "cli")}
+    )
+    node = ServerProcess(data, tmp_path / "cli")
+    server_processes.append(node.start())
+    await node.wait_ready()
+    reflow = DynAsbClient(f"http://127.0.0.1:{node.http_port}", f"ws://127.0.0.1:{node.ws_port}/ws")
+    function_id = await reflow.deploy(
+        "camel", "python", PYTHON_WITH_DEPENDENCY, dependencies={"inflection": "*"}
+    )
+    async with reflow.connect(function_id) as actor:
+        reply = await actor.process("camel", {"text": "from_the_cli"})
+    assert reply.error is None, (reply.raw, node.log)
+    assert reply.outputs is not None and reply.outputs["camel"] == "FromTheCli"
+    missing = "reflow-microsandbox-no-such-package-0c5d9"
+    status, body = await reflow.deploy_raw(
+        "needs", "python", PYTHON_WITHOUT, dependencies={missing: "*"}
+    )
+    assert status == 422 and f"No matching distribution found for {missing}" in body["error"]
