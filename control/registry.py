@@ -284,7 +284,7 @@ class ActorRegistry:
                 namespace=namespace,
                 language=language,
                 source=source,
-                filename=real,
+                filename=relative.as_posix(),
             ),
             metadata=extracted.metadata,
             path=real,

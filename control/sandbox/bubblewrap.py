@@ -205,18 +205,16 @@ class BubblewrapSandbox(Sandbox):
         loop = asyncio.get_running_loop()
         self._pidfd = os.pidfd_open(self._process.pid)
         loop.add_reader(self._pidfd, self._on_exit)
-        reader, writer = await asyncio.open_unix_connection(sock=proto)
-        capture.setblocking(False)
-        self._capture = capture
-        loop.add_reader(capture.fileno(), self._on_capture_readable)
-        self._client = RunnerClient(
-            reader,
-            writer,
+        client = self._client = RunnerClient(
             max_output_bytes=max_output,
             death_report=self._death_report,
             flush_side_channel=self._drain_capture,
             label=f"{self.language} sandbox {self.sandbox_id}",
         )
+        await loop.create_unix_connection(lambda: client, sock=proto)
+        capture.setblocking(False)
+        self._capture = capture
+        loop.add_reader(capture.fileno(), self._on_capture_readable)
         self._capture_task = asyncio.create_task(self._pump_capture())
         # Move bwrap into the sandbox's cgroups while it starts (in a thread: each write
         # waits for an RCU grace period), so that the processes it creates are born
@@ -317,8 +315,17 @@ class BubblewrapSandbox(Sandbox):
             not self._closed
             and not self._exited.is_set()
             and self._client is not None
-            and not self._client.broken
+            and self._client.retire_reason is None
         )
+
+    @property
+    def retire_reason(self) -> str | None:
+        if self._closed or self._exited.is_set() or self._client is None:
+            return "crashed"
+        return self._client.retire_reason
+
+    def take_stray_frames(self) -> int:
+        return self._client.take_stray_frames() if self._client is not None else 0
 
     async def load(self, actor: ActorSource) -> Mapping[str, JSON]:
         assert self._client is not None
