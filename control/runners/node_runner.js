@@ -29,6 +29,7 @@
 const { AsyncLocalStorage } = require('async_hooks');
 const fs = require('fs');
 const net = require('net');
+const { Writable } = require('stream');
 const util = require('util');
 const vm = require('vm');
 
@@ -65,14 +66,28 @@ function writeEndMarker(id) {
   }
 }
 
+// Writes all of `data` to `fd` before returning. The descriptor may be non-blocking (it
+// is shared with the reading socket): a full pipe is waited on, so a script that writes
+// in a loop that never yields is slowed down, and every byte is counted as it is written.
+function writeAllSync(fd, data) {
+  let offset = 0;
+  while (offset < data.length) {
+    try {
+      offset += fs.writeSync(fd, data, offset);
+    } catch (error) {
+      if (error.code !== 'EAGAIN') process.exit(0); // the control plane went away
+      Atomics.wait(napCell, 0, 0, 1);
+    }
+  }
+}
+
 // The transport in one place: a --connect option would only change this function.
 function openTransport(argv) {
   const at = argv.indexOf('--fds');
   if (at >= 0) {
     const [inFd, outFd] = argv[at + 1].split(',').map(Number);
-    const input = new net.Socket({ fd: inFd, readable: true, writable: inFd === outFd });
-    const output = inFd === outFd ? input : new net.Socket({ fd: outFd, readable: false, writable: true });
-    return { input, write: (data) => output.write(data) };
+    const input = new net.Socket({ fd: inFd, readable: true, writable: false });
+    return { input, write: (data) => writeAllSync(outFd, data) };
   }
   const rawWrite = process.stdout.write.bind(process.stdout);
   return { input: process.stdin, write: (data) => rawWrite(data) };
@@ -104,7 +119,7 @@ function nestingExceeds(json, limit) {
 
 // `value` as strict JSON text, or a ScriptError saying what was wrong with it: NaN or
 // Infinity, a string that is not valid Unicode (a lone surrogate), too deep a nesting.
-function strictJson(value, what, depth = MAX_VALUE_DEPTH) {
+function strictJson(value, what, depth = MAX_VALUE_DEPTH, envelope = 0) {
   let json;
   try {
     json = JSON.stringify(value === undefined ? null : value, (key, item) => {
@@ -125,7 +140,7 @@ function strictJson(value, what, depth = MAX_VALUE_DEPTH) {
     throw new ScriptError(`${what} is not JSON-serializable: ${error.message}`);
   }
   if (json === undefined) json = 'null'; // a function or a symbol
-  if (nestingExceeds(json, depth)) throw new ScriptError(`${what} nests deeper than ${depth} levels (the limit)`);
+  if (nestingExceeds(json, depth + envelope)) throw new ScriptError(`${what} nests deeper than ${depth} levels (the limit)`);
   return json;
 }
 
@@ -378,7 +393,7 @@ class Runner {
       if (value === undefined || value === null) outputs = {};
       else if (typeof value === 'object' && !Array.isArray(value)) outputs = value;
       else outputs = { output: value };
-      const json = strictJson(outputs, 'the returned value', MAX_VALUE_DEPTH + 1);
+      const json = strictJson(outputs, 'the returned value', MAX_VALUE_DEPTH, 1);
       writeEndMarker(id);
       const lingering = childrenLeft() ? ',"lingering":true' : '';
       this.channel.sendText(`{"type":"result","call":${JSON.stringify(id)}${lingering},"outputs":${json}}`);
@@ -403,19 +418,31 @@ function childrenLeft() {
   return process.getActiveResourcesInfo().includes('ProcessWrap');
 }
 
+// console.* and process.stdout/stderr become log frames of the running code's call. The
+// real stdout/stderr streams are never created: creating them would make fd 1/2
+// non-blocking, and a script's own fs.writeSync(1, ...) would then fail with EAGAIN
+// instead of waiting while the control plane reads (and counts) what it wrote.
 function captureConsole(runner) {
   const levels = { log: 'info', info: 'info', debug: 'debug', warn: 'warning', error: 'error', trace: 'debug' };
   for (const [name, level] of Object.entries(levels)) {
     console[name] = (...args) => runner.log(level, util.format(...args), currentCall());
   }
-  const streamWriter = (level) => (chunk, encoding, callback) => {
-    runner.log(level, typeof chunk === 'string' ? chunk : Buffer.from(chunk).toString('utf8'), currentCall());
-    const done = typeof encoding === 'function' ? encoding : callback;
-    if (typeof done === 'function') process.nextTick(done);
-    return true;
+  const logStream = (level, fd) => {
+    const stream = new Writable({
+      decodeStrings: false,
+      write(chunk, encoding, callback) {
+        runner.log(level, typeof chunk === 'string' ? chunk : Buffer.from(chunk).toString('utf8'), currentCall());
+        callback();
+      },
+    });
+    stream.fd = fd;
+    stream.isTTY = false;
+    return stream;
   };
-  Object.defineProperty(process.stdout, 'write', { value: streamWriter('info'), writable: true });
-  Object.defineProperty(process.stderr, 'write', { value: streamWriter('error'), writable: true });
+  const streams = { stdout: logStream('info', 1), stderr: logStream('error', 2) };
+  for (const [name, stream] of Object.entries(streams)) {
+    Object.defineProperty(process, name, { configurable: true, enumerable: true, get: () => stream });
+  }
 }
 
 function main() {

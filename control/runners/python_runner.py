@@ -294,8 +294,11 @@ class Done:
         return self.value
 
 
-def strict_json(value: Any, what: str, depth: int = MAX_VALUE_DEPTH) -> bytes:
-    """``value`` as strict JSON in UTF-8, or ScriptError saying what was wrong with it."""
+def strict_json(value: Any, what: str, depth: int = MAX_VALUE_DEPTH, envelope: int = 0) -> bytes:
+    """``value`` as strict JSON in UTF-8, or ScriptError saying what was wrong with it.
+
+    ``envelope`` levels around the value (the dict of returned ports) are not counted.
+    """
     try:
         text = dumps(value)
     except ValueError as error:
@@ -317,7 +320,7 @@ def strict_json(value: Any, what: str, depth: int = MAX_VALUE_DEPTH) -> bytes:
             f"{what} holds a lone surrogate ({point}), which is not valid Unicode: UTF-8 "
             "and so JSON-RPC cannot carry it (send bytes as base64, or clean the text)"
         ) from None
-    if nesting_exceeds(data, depth):
+    if nesting_exceeds(data, depth + envelope):
         raise ScriptError(f"{what} nests deeper than {depth} levels (the limit)")
     return data
 
@@ -611,7 +614,7 @@ class Runner:
                 outputs = value
             else:
                 outputs = {"output": value}
-            data = strict_json(outputs, "the returned value", MAX_VALUE_DEPTH + 1)
+            data = strict_json(outputs, "the returned value", MAX_VALUE_DEPTH, 1)
             self.end_call(call_id)
             lingering = ',"lingering":true' if children_left() else ""
             self.channel.send_bytes(

@@ -35,6 +35,7 @@ import socket
 import subprocess
 import tempfile
 import uuid
+from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 from subprocess import Popen
@@ -75,20 +76,25 @@ _LIB_PATH = re.compile(r"(/\S+) \(0x")
 
 
 class _UidPool:
-    """Host uids for sandboxes, one per live sandbox, distinct across control planes."""
+    """Host uids for sandboxes, one per live sandbox, distinct across control planes.
+
+    Unused uids are handed out first, then the one freed longest ago: a killed sandbox's
+    namespace init is reaped by the host's init, which may take a while, and until then it
+    still counts against its uid's ``RLIMIT_NPROC``.
+    """
 
     def __init__(self) -> None:
         self._base = UID_BASE + (os.getpid() % 4096) * 4096
-        self._free: list[int] = []
+        self._free: deque[int] = deque()
         self._next = 0
 
     def take(self) -> int:
+        if self._next < 4096:
+            self._next += 1
+            return self._base + self._next - 1
         if self._free:
-            return self._free.pop()
-        if self._next >= 4096:
-            raise SandboxError("unavailable", "no free sandbox uid (4096 sandboxes alive)")
-        self._next += 1
-        return self._base + self._next - 1
+            return self._free.popleft()
+        raise SandboxError("unavailable", "no free sandbox uid (4096 sandboxes alive)")
 
     def give_back(self, uid: int) -> None:
         self._free.append(uid)
