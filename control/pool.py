@@ -208,8 +208,10 @@ class SandboxPool:
                 context, state, events, timeout=self._settings.call_timeout
             )
         except SandboxError as error:
-            if error.destroys_sandbox or not member.sandbox.alive:
+            if error.destroys_sandbox:
                 member.discard_reason = error.kind
+            elif not member.sandbox.alive:
+                member.discard_reason = _retire_label(member.sandbox)
             self._release(member)
             raise
         except BaseException:

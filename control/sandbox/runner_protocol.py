@@ -36,7 +36,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from ..jsonlimits import (
     MAX_VALUE_DEPTH,
@@ -587,7 +587,9 @@ class RunnerProtocol:
 def runner_error(message: Mapping[str, Any], default: ErrorKind) -> SandboxError:
     """The :class:`SandboxError` an ``error`` (or ``uncaught``) frame reports."""
     kind = message.get("kind")
-    error_kind: ErrorKind = kind if kind in RUNNER_KINDS else default
+    error_kind: ErrorKind = default
+    if isinstance(kind, str) and kind in RUNNER_KINDS:
+        error_kind = cast(ErrorKind, kind)
     error_type = _text(message.get("error_type"), "Error") or "Error"
     text = _text(message.get("message"))
     return SandboxError(
