@@ -78,6 +78,7 @@ def process(context):
 
 @pytest.fixture
 def boundary_scripts(scripts: Path) -> Path:
+    (scripts / "computed.js").write_text("const metadata = {component: NAME};\n")
     (scripts / "late_thread.py").write_text(LATE_THREAD)
     (scripts / "timer_throw.js").write_text(TIMER_THROW)
     (scripts / "surrogate_return.py").write_text(SURROGATE)
@@ -187,6 +188,8 @@ async def test_case_04_a_lone_surrogate_gets_an_error_and_the_connection_stays_o
         assert answers["slow"]["result"] == {"outputs": {"slept": True}}
         reply, _ = await client.request("list", {}, id_="after")
         assert "surrogate_return" in reply["result"]["actors"]
+        [problem] = reply["result"]["problems"]  # a refused script is named, with why
+        assert problem.startswith("computed.js: `const metadata` must be an object literal")
     finally:
         await client.close()
     status, content_type, body = await rpc_http(
