@@ -219,6 +219,8 @@ class LogStream:
 
     def flush_calls(self, calls: Any = None) -> None:
         """Send the held text of ``calls`` (every call's when None)."""
+        if not self._pending:
+            return
         with self._lock:
             pending = self._pending
             keys = list(pending) if calls is None else [c for c in calls if c in pending]

@@ -188,7 +188,8 @@ class RunnerClient(asyncio.Protocol):
         self._pump()
         try:
             async with asyncio.timeout(timeout):
-                await self._drain()
+                if self._writable is not None and not self._writable.done():
+                    await self._writable
                 finished = await self._finished(state, events)
         except TimeoutError:
             raise self._abandon(
@@ -231,8 +232,11 @@ class RunnerClient(asyncio.Protocol):
     async def _finished(self, state: StateHandler | None, sink: EventSink | None) -> Finished:
         """Handle the running operation's events until it ends."""
         protocol = self._protocol
+        events = self._events
         while True:
-            event = await self._next_event()
+            event = events.popleft() if events and not self._reading_paused else None
+            if event is None:
+                event = await self._next_event()
             if isinstance(event, Finished):
                 return event
             if isinstance(event, Output):
@@ -257,7 +261,8 @@ class RunnerClient(asyncio.Protocol):
                     await self._flush_side_channel()
                 protocol.finish_call()
             self._pump()
-            await self._drain()
+            if self._writable is not None and not self._writable.done():
+                await self._writable
 
     async def _answer_state(self, request: StateRequest, state: StateHandler) -> None:
         key = request.key

@@ -358,16 +358,21 @@ class RunnerProtocol:
     # -- frames ---------------------------------------------------------------------------
 
     def _receive_frame(self, body: bytes, size: int) -> None:
-        too_deep = nesting_exceeds(body, FRAME_DEPTH)
-        if nesting_exceeds(body, 2 * FRAME_DEPTH):  # no legitimate runner sends this
-            self._break(self._violation(f"a frame nested deeper than {2 * FRAME_DEPTH} levels"))
-            return
+        too_deep = False
+        if body.count(b"[") + body.count(b"{") > FRAME_DEPTH:  # cheap first: usually not
+            too_deep = nesting_exceeds(body, FRAME_DEPTH)
+            if too_deep and nesting_exceeds(body, 2 * FRAME_DEPTH):  # no runner sends this
+                self._break(self._violation(f"a frame nested deeper than {2 * FRAME_DEPTH} "
+                                            "levels"))
+                return
         try:
             message = decode_body(body)
         except FrameError as error:
             self._break(self._violation(str(error)))
             return
-        surrogate = lone_surrogate(message) if may_hold_surrogate(body) else None
+        surrogate = None
+        if b"\\u" in body and may_hold_surrogate(body):
+            surrogate = lone_surrogate(message)
         kind = message["type"]
         phase = self.phase
         if phase is Phase.STARTING:

@@ -55,6 +55,9 @@ async function process(context) {
       throw new Error("thrown inside a timer callback");
     }, 20));
   }
+  if (mode === "later") {
+    setTimeout(() => { throw new Error("thrown after the call answered"); }, 30);
+  }
   return { done: mode };
 }
 module.exports = { metadata, process };
@@ -167,6 +170,33 @@ async def test_case_03_the_call_after_a_timer_exception_is_answered_at_once(
     await wait_for_metric(
         server, 'microsandbox_sandboxes_killed_total{language="nodejs",reason="retired"} 1.0'
     )
+
+
+async def test_a_sandbox_that_failed_between_calls_is_replaced_before_the_next_one(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    def bound() -> set[str]:
+        return {
+            info.sandbox_id for info in server.pool.snapshot() if info.actor_key is not None
+        }
+
+    async with ReflowClient(ws_url(server)) as client:
+        assert (await client.process("timer_throw", {"mode": "later"})).outputs == {
+            "done": "later"
+        }
+        first = bound()
+        # The server log says when the exception after the call was seen.
+        deadline = time.monotonic() + 10
+        while "will be replaced: an uncaught exception outside its call" not in caplog.text:
+            assert time.monotonic() < deadline, "the exception after the call went unseen"
+            await asyncio.sleep(0.01)
+        assert "dropped uncaught of call" in caplog.text
+        assert "thrown after the call answered" in caplog.text
+        started = time.monotonic()
+        reply = await client.process("timer_throw", {"mode": "ok"})
+        assert reply.outputs == {"done": "ok"} and reply.error is None
+        assert time.monotonic() - started < 4.0
+        assert bound().isdisjoint(first)  # another sandbox served it
 
 
 async def test_case_04_a_lone_surrogate_gets_an_error_and_the_connection_stays_open(
