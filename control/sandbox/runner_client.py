@@ -308,28 +308,36 @@ class RunnerClient(asyncio.Protocol):
     def _pump(self) -> None:
         """Take the protocol's events and bytes: strays logged, the rest queued; write."""
         protocol = self._protocol
-        for event in protocol.events_received():
-            if isinstance(event, Stray):
-                self._stray(event)
-            else:
-                self._events.append(event)
+        received = protocol.events_received()
+        if received:
+            queue = self._events
+            for event in received:
+                if type(event) is Stray:
+                    self._stray(event)
+                else:
+                    queue.append(event)
+            if queue:
+                self._wakeup()
+            self._flow_control()
         data = protocol.data_to_send()
-        transport = self._transport
-        if data and transport is not None:
+        if data and self._transport is not None:
             try:
-                transport.write(data)
+                self._transport.write(data)
             except Exception as error:  # a closed transport: the runner is gone
                 log.debug("%s: write failed: %s", self._label, error)
-        if transport is not None and not self._reading_paused:
-            idle_and_retired = self._sink is None and not protocol.usable
-            if len(self._events) >= _PAUSE_AT or idle_and_retired:
-                # Nothing will read a retired runner's chatter: let it block instead.
-                self._reading_paused = True
-                transport.pause_reading()
-        if self._events:
-            self._wakeup()
-        if protocol.retire_reason is not None:
+
+    def _flow_control(self) -> None:
+        """Pause reading when events pile up, or for good once a retired runner is idle."""
+        transport = self._transport
+        if transport is None or self._reading_paused:
+            return
+        retired = self._protocol.retire_reason is not None
+        if retired:
             self._note_retirement()
+        if len(self._events) >= _PAUSE_AT or (retired and self._sink is None):
+            # Nothing will read a retired runner's chatter: let it block instead.
+            self._reading_paused = True
+            transport.pause_reading()
 
     def _wakeup(self) -> None:
         if self._wake is not None and not self._wake.done():

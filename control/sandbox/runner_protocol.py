@@ -182,8 +182,10 @@ class RunnerProtocol:
     # -- outputs --------------------------------------------------------------------------
 
     def events_received(self) -> list[Event]:
-        """Events since the last call, in order."""
-        events, self._events = self._events, []
+        """Events since the last call, in order (iterate at once; do not keep the list)."""
+        events = self._events
+        if events:
+            self._events = []
         return events
 
     def data_to_send(self) -> bytes:
