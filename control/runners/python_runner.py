@@ -39,7 +39,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Generator
     from typing import Any
 
-_RUNNER_FILE = __file__
+# The name the runner's code carries in tracebacks (the source path, also when the
+# launcher runs a compiled copy of this file).
+_RUNNER_FILE = (lambda: None).__code__.co_filename
 _MAX_MESSAGE = 64 * 1024 * 1024
 LOG_CHUNK = 4096
 """Characters of text without a newline after which it is sent as a log line anyway."""

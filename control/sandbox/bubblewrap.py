@@ -426,6 +426,7 @@ class BubblewrapBackend(Backend):
         self._runner_dir: str | None = None
         self._bwrap = "bwrap"
         self._prlimit = "prlimit"
+        self._python_entry = PYTHON_RUNNER.name  # or its compiled twin (see start)
 
     @property
     def cgroups(self) -> CgroupManager | None:
@@ -451,6 +452,8 @@ class BubblewrapBackend(Backend):
             target = Path(self._runner_dir) / source.name
             shutil.copyfile(source, target)
             target.chmod(0o644)
+        if shutil.which(self._binaries["python"]) is not None:
+            await asyncio.to_thread(self._compile_python_runner)
         layout = _HostLayout(self._runner_dir)
         for language, binary in self._binaries.items():
             if shutil.which(binary) is None:
@@ -461,6 +464,30 @@ class BubblewrapBackend(Backend):
         self._layout = layout
         await asyncio.to_thread(CgroupManager.cleanup_leftovers)
         self._cgroups = CgroupManager.create()
+
+    def _compile_python_runner(self) -> None:
+        """Compile the Python runner once, with the sandboxes' own interpreter, so that no
+        sandbox compiles it: that saves each one about 1 MB of memory and the compile time
+        of its start. Without a compiled runner sandboxes start from the source."""
+        assert self._runner_dir is not None
+        source = Path(self._runner_dir) / PYTHON_RUNNER.name
+        compiled = source.with_suffix(".pyc")
+        result = subprocess.run(
+            [
+                self._binaries["python"], "-I", "-S", "-c",
+                "import py_compile, sys; py_compile.compile(sys.argv[1], cfile=sys.argv[2], "
+                "dfile=sys.argv[3], doraise=True)",
+                str(source), str(compiled), f"{RUNNER_DIR}/{PYTHON_RUNNER.name}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )  # fmt: skip
+        if result.returncode != 0:
+            log.warning("could not compile the Python runner: %s", result.stderr.strip())
+            return
+        compiled.chmod(0o644)
+        self._python_entry = compiled.name
 
     def _argv(self, language: Language, fd: int, seccomp_fd: int) -> list[str]:
         assert self._layout is not None
@@ -507,7 +534,7 @@ class BubblewrapBackend(Backend):
         ]  # fmt: skip
         channel = f"{fd},{fd}"
         if language == "python":
-            runner = f"{RUNNER_DIR}/{PYTHON_RUNNER.name}"
+            runner = f"{RUNNER_DIR}/{self._python_entry}"
             argv += [layout.binaries[language], "-I", "-S", "-B", runner, "--fds", channel]
         else:
             heap = max(16, settings.memory_mb * 3 // 4)
