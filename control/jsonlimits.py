@@ -70,8 +70,8 @@ def may_hold_surrogate(data: bytes | str) -> bool:
     """Whether ``data`` (JSON text) has a ``\\uD800``-``\\uDFFF`` escape: a cheap pre-check
     before :func:`lone_surrogate` (valid pairs and escaped backslashes also match)."""
     if isinstance(data, str):
-        return _SURROGATE_ESCAPE_TEXT.search(data) is not None
-    return _SURROGATE_ESCAPE.search(data) is not None
+        return "\\u" in data and _SURROGATE_ESCAPE_TEXT.search(data) is not None
+    return b"\\u" in data and _SURROGATE_ESCAPE.search(data) is not None
 
 
 _probe = json.JSONEncoder(ensure_ascii=False, allow_nan=True, check_circular=False)
