@@ -51,6 +51,8 @@ class PoolObserver(Protocol):
 
     def acquire_waited(self, language: Language, seconds: float) -> None: ...
 
+    def stray_frames_dropped(self, language: Language, count: int) -> None: ...
+
 
 class _SilentObserver:
     def sandbox_started(self, language: Language, seconds: float) -> None:
@@ -60,6 +62,9 @@ class _SilentObserver:
         pass
 
     def acquire_waited(self, language: Language, seconds: float) -> None:
+        pass
+
+    def stray_frames_dropped(self, language: Language, count: int) -> None:
         pass
 
 
@@ -195,16 +200,24 @@ class SandboxPool:
         context: CallContext,
         state: StateHandler,
         events: EventSink,
+        *,
+        timeout: float | None = None,
     ) -> dict[str, JSON]:
-        """Run one call of ``actor`` in a sandbox bound to it; raises :class:`SandboxError`."""
+        """Run one call of ``actor`` in a sandbox bound to it; raises :class:`SandboxError`.
+
+        ``timeout`` (seconds) shortens the call's limit below ``sandbox.call_timeout``.
+        """
         member = await self._acquire(actor)
+        limit = self._settings.call_timeout
+        if timeout is not None:
+            limit = min(limit, timeout)
         try:
-            outputs = await member.sandbox.call(
-                context, state, events, timeout=self._settings.call_timeout
-            )
+            outputs = await member.sandbox.call(context, state, events, timeout=limit)
         except SandboxError as error:
-            if error.destroys_sandbox or not member.sandbox.alive:
+            if error.destroys_sandbox:
                 member.discard_reason = error.kind
+            elif not member.sandbox.alive:
+                member.discard_reason = _retire_label(member.sandbox)
             self._release(member)
             raise
         except BaseException:
@@ -271,8 +284,14 @@ class SandboxPool:
         if self._closing:
             raise SandboxError("unavailable", "the server is shutting down")
         group = self._group_for(actor)
-        if not group.waiters and group.idle:
+        while not group.waiters and group.idle:
             member = group.idle.pop()
+            if not member.sandbox.alive:
+                # It became unusable while idle (e.g. an uncaught exception after its
+                # call): replaced before it serves this call.
+                self._retire(member)
+                group = self._group_for(actor)
+                continue
             member.busy = True
             return member
         started = time.monotonic()
@@ -346,7 +365,7 @@ class SandboxPool:
         actor = group.actor
         group.growing += 1
         try:
-            sandbox = await self._take_sandbox(actor.language)
+            sandbox = await self._take_sandbox(actor.language, actor.package_dirs)
             if sandbox is None:
                 group.growing -= 1
                 return
@@ -378,12 +397,15 @@ class SandboxPool:
         group.members.append(member)
         self._hand_over(member)
 
-    async def _take_sandbox(self, language: Language) -> Sandbox | None:
+    async def _take_sandbox(
+        self, language: Language, package_dirs: tuple[str, ...] = ()
+    ) -> Sandbox | None:
         """A ready, unloaded sandbox: a warm one, a new one, or a new one in place of an
-        evicted idle one; None when the language is at capacity with nothing to evict."""
+        evicted idle one; None when the language is at capacity with nothing to evict.
+        An actor with ``package_dirs`` of its own always gets a new one that mounts them."""
         pool = self._languages[language]
         while True:
-            while pool.warm:
+            while pool.warm and not package_dirs:
                 sandbox = pool.warm.popleft()
                 self._refill(language)
                 if sandbox.alive:
@@ -391,6 +413,11 @@ class SandboxPool:
                 self._spawn_task(self._kill(language, sandbox, "crashed"))
             if pool.count < self._max(language):
                 break
+            if package_dirs and pool.warm:
+                # A warm sandbox cannot serve this actor: its slot is taken over (killed
+                # first, so that the hard cap holds).
+                await self._kill(language, pool.warm.popleft(), "evicted", counted=False)
+                return await self._spawn_in_slot(language, package_dirs)
             victim = self._evictable(language)
             if victim is None:
                 return None
@@ -398,16 +425,24 @@ class SandboxPool:
             # Wait for the kill so that the hard cap holds, then look again.
             await self._kill(language, victim.sandbox, "evicted")
         pool.count += 1
+        return await self._spawn_in_slot(language, package_dirs)
+
+    async def _spawn_in_slot(self, language: Language, package_dirs: tuple[str, ...]) -> Sandbox:
+        """Spawn into a slot already counted; the slot is given back if the spawn fails."""
+        pool = self._languages[language]
         try:
-            return await self._spawn(language)
+            return await self._spawn(language, package_dirs)
         except BaseException:
             pool.count -= 1
             pool.notify()
             raise
 
-    async def _spawn(self, language: Language) -> Sandbox:
+    async def _spawn(self, language: Language, package_dirs: tuple[str, ...] = ()) -> Sandbox:
         started = time.monotonic()
-        sandbox = await self._backend.spawn(language)
+        if package_dirs:
+            sandbox = await self._backend.spawn(language, package_dirs=package_dirs)
+        else:
+            sandbox = await self._backend.spawn(language)
         self._observer.sandbox_started(language, time.monotonic() - started)
         return sandbox
 
@@ -418,9 +453,12 @@ class SandboxPool:
         member.calls += 1
         member.last_used = time.monotonic()
         group = member.group
+        strays = member.sandbox.take_stray_frames()
+        if strays:
+            self._observer.stray_frames_dropped(group.actor.language, strays)
         reason = member.discard_reason
         if reason is None and not member.sandbox.alive:
-            reason = "crashed"
+            reason = _retire_label(member.sandbox)
         if reason is None and member.calls >= self._settings.pool.max_calls:
             reason = "recycled"
         if reason is None and self._groups.get(group.actor.key) is not group:
@@ -454,10 +492,19 @@ class SandboxPool:
         if not group.members and not group.waiters and self._groups.get(group.actor.key) is group:
             del self._groups[group.actor.key]
 
+    def _retire(self, member: _Bound) -> None:
+        """Throw away a bound sandbox that may not serve again (see ``Sandbox.retire_reason``)."""
+        self._forget(member)
+        language = member.group.actor.language
+        self._spawn_task(self._kill(language, member.sandbox, _retire_label(member.sandbox)))
+
     async def _kill(
         self, language: Language, sandbox: Sandbox, reason: str, *, counted: bool = True
     ) -> None:
         """Close a sandbox; ``counted`` means it still occupies capacity until closed."""
+        strays = sandbox.take_stray_frames()
+        if strays:
+            self._observer.stray_frames_dropped(language, strays)
         try:
             await sandbox.close()
         except Exception:  # a sandbox that fails to close must not stop the pool
@@ -524,13 +571,21 @@ class SandboxPool:
     def _reap_idle(self, used_before: float) -> None:
         for group in list(self._groups.values()):
             for member in list(group.idle):
-                if member.last_used < used_before:
+                if not member.sandbox.alive:
+                    self._retire(member)
+                elif member.last_used < used_before:
                     self._forget(member)
                     self._spawn_task(self._kill(group.actor.language, member.sandbox, "idle"))
         for language, pool in self._languages.items():
             for sandbox in [s for s in pool.warm if not s.alive]:
                 pool.warm.remove(sandbox)
                 self._spawn_task(self._kill(language, sandbox, "crashed"))
+
+
+def _retire_label(sandbox: Sandbox) -> str:
+    """The kill reason (a metrics label) for a sandbox that is no longer alive."""
+    reason = sandbox.retire_reason
+    return "crashed" if reason is None or reason == "crashed" else "retired"
 
 
 _ids = itertools.count(1)

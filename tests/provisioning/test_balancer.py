@@ -10,6 +10,7 @@ import itertools
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from .conftest import NGINX_CHECK, TEST_SECRETS, AnsibleRunner, output_of
 
 NODES = {"a": "127.0.0.1", "b": "127.0.0.2"}
+WORKERS = 2  # nginx worker processes of the test balancer
 
 
 def _port_free_on_every_node() -> int:
@@ -70,6 +72,8 @@ def rendered_balancer(
             "nginx_lb_access_log": str(dest / "access.log"),
             # Keep a refused node out only briefly, so restored nodes rejoin quickly.
             "nginx_lb_fail_timeout": "1s",
+            # The stub_status server (for the exporter) on a free port, not the fixed 8081.
+            "nginx_stub_status_listen": f"127.0.0.1:{_port_free_on_every_node()}",
         },
     )
     assert result.returncode == 0, output_of(result)
@@ -87,7 +91,7 @@ class Balancer:
 
     def start(self) -> None:
         self.conf.write_text(
-            f"daemon off;\nworker_processes 2;\npid {self.prefix}/nginx.pid;\n"
+            f"daemon off;\nworker_processes {WORKERS};\npid {self.prefix}/nginx.pid;\n"
             f"error_log {self.prefix}/error.log;\nevents {{}}\n"
             f"http {{\n  client_body_temp_path {self.prefix}/body;\n"
             f"  proxy_temp_path {self.prefix}/proxy;\n  include {self.include};\n}}\n"
@@ -98,13 +102,47 @@ class Balancer:
             stderr=subprocess.DEVNULL,
         )
 
+    def workers(self) -> dict[int, str]:
+        """The master's worker processes: pid -> process title."""
+        assert self.process is not None
+        master = self.process.pid
+        try:
+            children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+        except OSError:
+            return {}
+        titles: dict[int, str] = {}
+        for child in children:
+            try:
+                title = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            titles[int(child)] = title.decode(errors="replace").strip()
+        return {pid: title for pid, title in titles.items() if "worker process" in title}
+
     def reload(self) -> None:
+        """Reload, and return once the new configuration is what accepts connections.
+
+        After ``nginx -s reload`` the old workers keep serving (and, for a moment,
+        accepting) under the old configuration; they stop accepting when they turn to
+        "worker process is shutting down", and the ones serving an open WebSocket stay
+        in that state until it closes. So wait until every old worker has turned so (or
+        left) and as many new workers run as the configuration asks for.
+        """
+        old = {pid for pid, title in self.workers().items() if "shutting down" not in title}
         subprocess.run(
             ["nginx", "-p", f"{self.prefix}/", "-c", str(self.conf), "-s", "reload"],
             check=True,
             capture_output=True,
             timeout=30,
         )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            workers = self.workers()
+            accepting = {pid for pid, title in workers.items() if "shutting down" not in title}
+            if not accepting & old and len(accepting) == WORKERS:
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"nginx did not switch its workers within 30 s: {self.workers()}")
 
     def stop(self) -> None:
         if self.process is not None:
@@ -235,7 +273,7 @@ async def _run_drain(ansible: AnsibleRunner, balancer: Balancer, node: str, stat
         },
     )
     assert result.returncode == 0, output_of(result)
-    balancer.reload()
+    await asyncio.to_thread(balancer.reload)
 
 
 async def _actor_on(ports: Ports, node: str) -> str:
@@ -308,7 +346,12 @@ async def test_access_log_records_the_path_and_actor_but_never_the_token(
     status, _ = await _get(ports, "/ready?token=s3cret-token-value&actor=counter")
     assert status == 200
     log = rendered_balancer.parent.parent / "access.log"
-    text = log.read_text()
+    # nginx writes the line in its log phase, after the response went out: wait for it.
+    for _ in range(100):  # bounded: up to ~5 s
+        text = log.read_text()
+        if 'actor="counter"' in text:
+            break
+        await asyncio.sleep(0.05)
     assert '"GET /ready HTTP/1.1"' in text
     assert 'actor="counter"' in text
     assert "s3cret-token-value" not in text
