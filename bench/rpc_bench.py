@@ -114,8 +114,9 @@ def request(actor: str, data: Any, id_: str) -> str:
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(root: int) -> tuple[float, float]:
-    """(CPU seconds of ``root``, CPU seconds of all its live descendants), user + system.
+def cpu_seconds(root: int) -> tuple[float, float, float]:
+    """(CPU seconds of ``root``, of them in the kernel, CPU seconds of all its live
+    descendants), user + system.
 
     Read from ``/proc/<pid>/stat`` (utime and stime, fields 14 and 15, in clock ticks:
     proc(5)). Descendants that exited between two readings are not counted; the
@@ -123,6 +124,7 @@ def cpu_seconds(root: int) -> tuple[float, float]:
     """
     parents: dict[int, int] = {}
     times: dict[int, float] = {}
+    system: dict[int, float] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -133,6 +135,7 @@ def cpu_seconds(root: int) -> tuple[float, float]:
         fields = stat[stat.rindex(")") + 2 :].split()
         parents[int(entry)] = int(fields[1])
         times[int(entry)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        system[int(entry)] = int(fields[12]) / CLOCK_TICKS
     children: dict[int, list[int]] = {}
     for pid, parent in parents.items():
         children.setdefault(parent, []).append(pid)
@@ -142,7 +145,7 @@ def cpu_seconds(root: int) -> tuple[float, float]:
         pid = stack.pop()
         below += times.get(pid, 0.0)
         stack.extend(children.get(pid, []))
-    return times.get(root, 0.0), below
+    return times.get(root, 0.0), system.get(root, 0.0), below
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -285,10 +288,13 @@ class Bench:
         self.row("ratio at p50 (goal <= 3x)", f"{r50 / b50:8.1f} x")
         self.row("ratio at p99", f"{r99 / b99:8.1f} x")
 
-    async def throughput(self, ws: str, pid: int) -> tuple[float, int, float, float]:
+    async def throughput(
+        self, ws: str, pid: int
+    ) -> tuple[float, int, float, float, float, float]:
         """N connections calling the doubling actor back to back for D seconds.
 
-        Returns (calls/s, errors, server CPU s per call, sandbox CPU s per call).
+        Returns (calls/s, errors, server CPU s per call, sandbox CPU s per call, server
+        kernel CPU s per call, server CPU share of one core).
         """
         duration, connections = self.args.duration, self.args.connections
         counts = [0] * connections
@@ -311,19 +317,21 @@ class Bench:
         ready = asyncio.Event()
         tasks = [asyncio.create_task(worker(i)) for i in range(connections)]
         await asyncio.sleep(0.5)
-        server_before, sandboxes_before = cpu_seconds(pid)
+        server_before, kernel_before, sandboxes_before = cpu_seconds(pid)
         started = time.perf_counter()
         deadline = started + duration
         ready.set()
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - started
-        server_after, sandboxes_after = cpu_seconds(pid)
+        server_after, kernel_after, sandboxes_after = cpu_seconds(pid)
         calls = max(1, sum(counts))
         return (
             sum(counts) / elapsed,
             sum(errors),
             (server_after - server_before) / calls,
             (sandboxes_after - sandboxes_before) / calls,
+            (kernel_after - kernel_before) / calls,
+            (server_after - server_before) / elapsed,
         )
 
     async def against_inprocess(self, ws: str, server_pid: int, baseline_port: int) -> None:
@@ -355,6 +363,10 @@ class Bench:
                  f"{base[2] * 1e6:8.0f} us")  # fmt: skip
         self.row("CPU per call: this server's process / its sandboxes",
                  f"{ours[2] * 1e6:8.0f} us / {ours[3] * 1e6:.0f} us")  # fmt: skip
+        self.row("  of it in the kernel: in-process server / this server's process",
+                 f"{base[4] * 1e6:8.0f} us / {ours[4] * 1e6:.0f} us")  # fmt: skip
+        self.row("server process busy (share of one core): in-process / this server",
+                 f"{base[5] * 100:7.0f} % / {ours[5] * 100:.0f} %")  # fmt: skip
 
     async def state(self, ws: str, redis_url: str) -> None:
         calls = max(200, self.args.calls // 4)
