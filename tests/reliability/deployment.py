@@ -60,6 +60,17 @@ async def process(context):
     await context.set_state("total", total + 1)
     return {"total": total + 1}
 """,
+    # Holds /tmp/<marker> open while it sleeps, so that a test can find its runner
+    # process from outside (in /proc/<pid>/fd) and kill it.
+    "holder.py": """
+import time
+
+@actor(name="holder")
+def process(context):
+    with open("/tmp/" + context.get_input("marker"), "w"):
+        time.sleep(context.get_input("seconds", 0))
+    return {"held": True}
+""",
     # Abuse, for the storm: memory, CPU and output, chosen by the payload.
     "abuser.py": """
 import sys

@@ -84,6 +84,39 @@ def memory_peak(pid: int) -> int | None:
     return None
 
 
+def holding(pids: set[int], marker: str) -> list[int]:
+    """The processes among ``pids`` with a file named ``marker`` open."""
+    found = []
+    for pid in sorted(pids):
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}").endswith("/" + marker):
+                        found.append(pid)
+                        break
+    return found
+
+
+def parent_of(pid: int) -> int:
+    """The parent pid (0 once the process is gone)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def container_init(container: str) -> int:
+    """The host pid of a running container's first process (0 if it is not running)."""
+    out = subprocess.run(
+        ["docker", "inspect", "-f", "{{.State.Pid}}", container],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return int(out.stdout.strip() or 0) if out.returncode == 0 else 0
+
+
 def containers_of(pid: int) -> list[str]:
     """Ids of every container (running or not) a control plane ``pid`` started."""
     out = subprocess.run(
