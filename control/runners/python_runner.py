@@ -147,6 +147,8 @@ class LogStream:
         if "\n" in self._pending:
             *lines, self._pending = self._pending.split("\n")
             self._runner.log(self._level, "\n".join(lines))
+        if len(self._pending) >= 65536:  # text without line ends is output all the same
+            self.flush()
         return len(text)
 
     def flush(self) -> None:
