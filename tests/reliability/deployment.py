@@ -178,7 +178,9 @@ class Deployment:
 
     ``changes`` are laid over every node's rendered microsandbox.yaml (e.g. another
     sandbox backend or smaller pools); ``redis=False`` runs without Redis, state then
-    in each node's SQLite file. ``await`` :meth:`start`; :meth:`stop` ends it all.
+    in each node's SQLite file. ``node_dir`` holds the nodes' configs and logs and
+    ``node_env`` is added to their environment. ``await`` :meth:`start`; :meth:`stop`
+    ends it all.
     """
 
     def __init__(
@@ -189,6 +191,8 @@ class Deployment:
         nodes: tuple[str, ...] | None = None,
         changes: dict[str, Any] | None = None,
         redis: bool = True,
+        node_dir: Path | None = None,
+        node_env: dict[str, str] | None = None,
     ) -> None:
         if not rendered.node_config:
             raise RuntimeError("render the configuration first")
@@ -202,20 +206,31 @@ class Deployment:
             {"state": {"sqlite_path": str(workdir / "state.db")}}, self.changes
         )
         self.use_redis = redis
+        self.node_dir = node_dir
+        self.node_env = dict(node_env or {})
         self.redis: RedisServer | None = None
         self.nodes: dict[str, ServerProcess] = {}
         self.balancer: Balancer | None = None
 
-    def node(self, name: str, **changes: Any) -> ServerProcess:
-        """A node process (not started) from the rendered config, the changes laid over."""
+    def node(
+        self,
+        name: str,
+        *,
+        workdir: Path | None = None,
+        env: dict[str, str] | None = None,
+        **changes: Any,
+    ) -> ServerProcess:
+        """A node process (not started) from the rendered config, the changes laid over;
+        its config and log go to ``workdir`` (default: under the deployment's)."""
         data = deep_merge(self.rendered.node_config, {"server": {"host": NODE_ADDRESSES[name]}})
         data = deep_merge(deep_merge(data, self.changes), changes)
         return ServerProcess(
             data,
-            self.workdir / "nodes" / name,
+            workdir or self.workdir / "nodes" / name,
             ws_port=self.rendered.ws_port,
             http_port=self.rendered.http_port,
             metrics_port=self.rendered.metrics_port,
+            env=env,
         )
 
     async def start(self, *, ready_timeout: float = 90.0) -> Deployment:
@@ -228,7 +243,8 @@ class Deployment:
             )
             await asyncio.to_thread(self.redis.start)
         for name in self.node_names:
-            self.nodes[name] = self.node(name).start()
+            workdir = self.node_dir / name if self.node_dir else None
+            self.nodes[name] = self.node(name, workdir=workdir, env=self.node_env).start()
         include = self.workdir / "microsandbox-loadbalancer.conf"
         shutil.copy(self.rendered.dir / "nginx-loadbalancer.conf", include)
         (self.workdir / "nginx").mkdir(exist_ok=True)

@@ -264,6 +264,7 @@ class ServerProcess:
         ws_port: int | None = None,
         http_port: int | None = None,
         metrics_port: int = 0,
+        env: dict[str, str] | None = None,
     ) -> None:
         import yaml
 
@@ -287,6 +288,7 @@ class ServerProcess:
         self.config_path.write_text(yaml.safe_dump(data))
         self.log_path = workdir / f"server-{self.host}-{self.ws_port}.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.extra_env = dict(env or {})
 
     @property
     def ws_url(self) -> str:
@@ -294,6 +296,7 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MICROSANDBOX_")}
+        env.update(self.extra_env)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "reflow_microsandbox", "serve",
