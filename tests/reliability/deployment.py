@@ -60,6 +60,12 @@ async def process(context):
     await context.set_state("total", total + 1)
     return {"total": total + 1}
 """,
+    # A stateless actor for flooding the node with fast calls.
+    "flood.py": """
+@actor(name="flood")
+def process(context):
+    return {"out": context.get_input("n")}
+""",
     # Holds /tmp/<marker> open while it sleeps, so that a test can find its runner
     # process from outside (in /proc/<pid>/fd) and kill it.
     "holder.py": """

@@ -299,7 +299,7 @@ class Run:
 
     outcomes: list[Outcome]
     summary: Summary
-    started: float  # loop time of the first scheduled call
+    started: float  # time.perf_counter() of the first scheduled call
 
 
 Caller = Callable[[int], Awaitable[Answer]]
@@ -319,15 +319,16 @@ async def open_loop(
     (each is bounded by its own timeout). ``stop`` ends the arrivals early."""
     if rate <= 0 or duration <= 0:
         raise ValueError("rate and duration must be positive")
-    loop = asyncio.get_running_loop()
+    # perf_counter, not loop.time(): uvloop's clock has a millisecond resolution.
+    clock = time.perf_counter
     count = max(1, round(rate * duration))
-    start = loop.time() + 0.02
+    start = clock() + 0.02
     lag = 0.0
     outcomes: list[Outcome | None] = [None] * count
 
     async def one(index: int, at: float) -> None:
         kind, detail, outputs = await call(index)
-        outcome = Outcome(index, kind, loop.time() - at, detail, outputs)
+        outcome = Outcome(index, kind, clock() - at, detail, outputs)
         outcomes[index] = outcome
         if on_outcome is not None:
             on_outcome(outcome)
@@ -337,7 +338,7 @@ async def open_loop(
         if stop is not None and stop.is_set():
             break
         at = start + index / rate
-        delay = at - loop.time()
+        delay = at - clock()
         if delay > 0:
             await asyncio.sleep(delay)
         else:
@@ -403,3 +404,24 @@ class RateSearch:
             self.best = rate if self.best is None else max(self.best, rate)
         else:
             self.failed = rate if self.failed is None else min(self.failed, rate)
+
+
+async def closed_loop(
+    instances: Sequence[ActorInstance],
+    payload: Callable[[int], dict[str, Any]],
+    stop: asyncio.Event,
+    *,
+    in_flight: int = 1,
+) -> Counter[str]:
+    """Flood: every instance keeps ``in_flight`` calls going back to back until
+    ``stop``; returns how the calls ended, by kind."""
+    kinds: Counter[str] = Counter()
+    counter = iter(range(1 << 62))
+
+    async def worker(instance: ActorInstance) -> None:
+        while not stop.is_set():
+            kind, _, _ = await instance.call(payload(next(counter)))
+            kinds[kind] += 1
+
+    await asyncio.gather(*(worker(i) for i in instances for _ in range(in_flight)))
+    return kinds
