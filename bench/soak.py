@@ -12,10 +12,10 @@ memory (the node's own ``microsandbox_memory_usage_bytes``); and the calls of th
 interval. At the end the node is stopped (SIGTERM) and nothing of it may remain.
 
 Verdict (exit status 1 if any fails): no call failed; the control plane's RSS and the
-pool's memory are flat (the mean of the last two minutes within 10% + 10 MiB of the
-mean of the two minutes after the first); descriptors within 16 of that baseline;
-sandboxes never above the pool's ``max_instances``; after the stop no sandbox
-process, cgroup or container of the node is left.
+memory per sandbox of each language are flat (the mean of the last two minutes within
+10% + 10 MiB of the mean of the two minutes after the first); descriptors within 16
+of that baseline; sandboxes never above the pool's ``max_instances``; after the stop
+no sandbox process, cgroup or container of the node is left.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ class Sample:
     at: float  # seconds since the load started
     control_rss: int
     pool_memory: int  # microsandbox_memory_usage_bytes: every sandbox of the node
+    per_sandbox: dict[str, float]  # language -> memory per live sandbox of it (bytes)
     fds: int
     sandboxes: int  # sandbox cgroups (bubblewrap) or containers (docker) on the host
     redis_rss: int
@@ -67,6 +68,18 @@ class Sample:
     errors: int
     p99: float
     load: str
+
+
+def per_sandbox(metrics: str) -> dict[str, float]:
+    """Memory per live sandbox of each language, from the node's metrics (the pool's
+    size changes with the load; what must stay flat is what one sandbox holds)."""
+    result = {}
+    for language in ("python", "nodejs"):
+        count = metric_value(metrics, "microsandbox_active_sandboxes", language=language)
+        used = metric_value(metrics, "microsandbox_memory_usage_bytes", language=language)
+        if count:
+            result[language] = used / count
+    return result
 
 
 def flat(series: list[float], minutes: list[float]) -> tuple[float, float, bool]:
@@ -132,6 +145,7 @@ async def soak(args: argparse.Namespace) -> int:
                     at=time.monotonic() - began,
                     control_rss=node_sample.control_rss,
                     pool_memory=int(metric_value(metrics, "microsandbox_memory_usage_bytes")),
+                    per_sandbox=per_sandbox(metrics),
                     fds=node_sample.fds,
                     sandboxes=boxes,
                     redis_rss=rss_bytes(deployment.redis.pid or 0),  # type: ignore[union-attr]
@@ -173,11 +187,16 @@ async def soak(args: argparse.Namespace) -> int:
     checks: list[tuple[str, bool, str]] = [
         ("no call failed", not run.summary.errors, str(run.summary.errors or "none")),
     ]
-    for name, series in (
-        ("control-plane RSS flat", [s.control_rss for s in samples]),
-        ("pool memory flat", [s.pool_memory for s in samples]),
-    ):
-        before, after, ok = flat([float(v) for v in series], minutes)
+    memory_series = [("control-plane RSS flat", [float(s.control_rss) for s in samples], minutes)]
+    for language in ("python", "nodejs"):
+        having = [s for s in samples if language in s.per_sandbox]
+        memory_series.append((
+            f"{language} memory per sandbox flat",
+            [s.per_sandbox[language] for s in having],
+            [s.at / 60 for s in having],
+        ))  # fmt: skip
+    for name, series, at in memory_series:
+        before, after, ok = flat(series, at)
         checks.append((name, ok, f"{before / MIB:.1f} MiB (min 1-3) -> {after / MIB:.1f} MiB "
                                  "(last 2 min)"))  # fmt: skip
     fds_before, fds_after, _ = flat([float(s.fds) for s in samples], minutes)
@@ -194,13 +213,17 @@ async def soak(args: argparse.Namespace) -> int:
     print(f"\nverdict [load average {load_average()}]")
     for name, ok, detail in checks:
         print(f"  {'ok  ' if ok else 'FAIL'} {name}: {detail}")
-    print("\n| minute | control plane RSS | pool memory | fds | sandboxes | Redis RSS | calls |"
-          " errors | p99 | load average |\n|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+    print("\n| minute | control plane RSS | pool memory | per python / node sandbox | fds |"
+          " sandboxes | Redis RSS | calls | errors | p99 | load average |"
+          "\n|---|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
     per_minute = max(1, round(60 / args.every))
     for sample in samples[per_minute - 1 :: per_minute]:
         print(
             f"| {sample.at / 60:.0f} | {sample.control_rss / MIB:.1f} MiB | "
-            f"{sample.pool_memory / MIB:.1f} MiB | {sample.fds} | {sample.sandboxes} | "
+            f"{sample.pool_memory / MIB:.1f} MiB | "
+            f"{sample.per_sandbox.get('python', 0) / MIB:.1f} / "
+            f"{sample.per_sandbox.get('nodejs', 0) / MIB:.1f} MiB | "
+            f"{sample.fds} | {sample.sandboxes} | "
             f"{sample.redis_rss / MIB:.1f} MiB | {sample.calls} | {sample.errors} | "
             f"{sample.p99 * 1e3:.1f} ms | {sample.load} |"
         )

@@ -133,6 +133,7 @@ class _LanguagePool:
         # Actors that had calls waiting (an ordered set; pruned as their queues empty).
         self.waiting: dict[_ActorGroup, None] = {}
         self.yielding = 0  # sandboxes being killed to give their slot to a starved actor
+        self.failure: str | None = None  # why the latest start failed (None: it worked)
 
 
 class SandboxPool:
@@ -165,6 +166,18 @@ class SandboxPool:
     def warmed(self) -> bool:
         """Whether every language has reached its ``min_instances`` at least once."""
         return all(pool.reached_minimum for pool in self._languages.values())
+
+    def start_failures(self) -> dict[Language, str]:
+        """Languages whose sandboxes cannot be started now (their latest start failed
+        and none is warm), with the backend's reason: for /ready, after the pool
+        warmed once (an engine restarted, a binary gone, a full disk)."""
+        return {
+            language: pool.failure
+            for language, pool in self._languages.items()
+            if pool.failure is not None
+            and not pool.warm
+            and self._settings.pool.for_language(language).min_instances > 0
+        }
 
     async def wait_warmed(self, timeout: float) -> bool:
         """Wait until :attr:`warmed` (for tests and the CLI); False on timeout."""
@@ -432,9 +445,11 @@ class SandboxPool:
                 self._spawn_task(self._kill(language, sandbox, reason))
             else:
                 self._languages[language].count -= 1
-                self._schedule_growth(language)
+            if not isinstance(error, Exception):
+                raise  # cancelled: the pool is closing
             if not isinstance(error, SandboxError):
-                raise
+                log.exception("starting a %s sandbox for %s failed", language, actor.key)
+                error = SandboxError("unavailable", f"could not start a {language} sandbox")
             # A script that does not load (or a backend that cannot start) fails the
             # oldest call; the others may still try.
             while group.waiters:
@@ -454,7 +469,13 @@ class SandboxPool:
 
     async def _spawn(self, language: Language) -> Sandbox:
         started = time.monotonic()
-        sandbox = await self._backend.spawn(language)
+        pool = self._languages[language]
+        try:
+            sandbox = await self._backend.spawn(language)
+        except Exception as error:
+            pool.failure = str(error) or type(error).__name__
+            raise
+        pool.failure = None
         self._observer.sandbox_started(language, time.monotonic() - started)
         return sandbox
 

@@ -25,7 +25,6 @@ import contextlib
 import json
 import math
 import time
-import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,8 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from tests.deploy.reflow_client import process_request
 
 CALL_TIMEOUT = 30.0
 """Reflow's per-call timeout in seconds (reflow-wire-protocol.md)."""
@@ -72,32 +73,9 @@ def answer_of(message: dict[str, Any]) -> Answer:
     return OK, "", outputs if isinstance(outputs, dict) else {}
 
 
-def process_frame(
-    call_id: str, actor: str, instance: str, payload: dict[str, Any], namespace: str
-) -> str:
-    """The ``process`` request exactly as Reflow sends it for one actor instance."""
-    return json.dumps(
-        {
-            "jsonrpc": "2.0",
-            "id": call_id,
-            "method": "process",
-            "params": {
-                "payload": payload,
-                "config": {},
-                "state": {
-                    "namespace": namespace,
-                    "actor_id": instance,
-                    "redis_url": "redis://ignored-by-the-server:6379",
-                },
-                "actor_id": actor,
-                "timestamp": int(time.time() * 1000),
-            },
-        }
-    )
-
-
 class ActorInstance:
-    """One Reflow actor instance: its own connection to ``url``, calls of ``actor``.
+    """One Reflow actor instance: its own connection to ``url``, calls of ``actor``
+    (namespace ``default``), framed by :func:`tests.deploy.reflow_client.process_request`.
 
     ``instance`` is the instance's id, which names its state (``state.actor_id``);
     several calls may be in flight on the connection at once.
@@ -109,14 +87,12 @@ class ActorInstance:
         actor: str,
         *,
         instance: str | None = None,
-        namespace: str = "default",
         timeout: float = CALL_TIMEOUT,
         connect_timeout: float = 10.0,
     ) -> None:
         self.url = url
         self.actor = actor
         self.instance = instance or actor
-        self.namespace = namespace
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.dials = 0
@@ -171,10 +147,9 @@ class ActorInstance:
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as error:
             return CONNECTION, f"connect: {error or type(error).__name__}", None
         assert self._conn is not None
-        call_id = str(uuid.uuid4())
+        call_id, frame = process_request(self.actor, payload or {}, instance=self.instance)
         waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[call_id] = waiter
-        frame = process_frame(call_id, self.actor, self.instance, payload or {}, self.namespace)
         try:
             await self._conn.send(frame)
             message = await asyncio.wait_for(waiter, self.timeout)

@@ -124,6 +124,36 @@ async def kill_during_call(
     return await call
 
 
+Kill = tuple[str, Callable[[str], Callable[[], int]], Callable[[int], None]]
+"""(what is killed, a finder of the victim's pid for a marker, how the victim is killed)."""
+
+
+async def kill_each(deployment: Deployment, cases: list[Kill]) -> None:
+    """Under the bystanders' load, for each case: a call holding a marker, its sandbox
+    killed; the call fails ``crashed``, the pool refills, the node is ready and the
+    actor is served again; every bystander call is answered."""
+    bystanders = Bystanders(deployment)
+    bystanders.start()
+    holder = ActorInstance(deployment.url(), "holder", instance="holder")
+    try:
+        for index, (what, find, how) in enumerate(cases):
+            marker = f"kill-{index}"
+            kind, detail, _ = await kill_during_call(holder, marker, find(marker), how)
+            print(f"\n  {what}: {kind}: {detail}")
+            assert kind == "crashed" and "runner" in detail, (what, kind, detail)
+            await refilled_and_ready(deployment)
+            assert (await holder.call({"marker": "after", "seconds": 0}))[0] == OK
+    finally:
+        run = await bystanders.finish()
+        await holder.close()
+    print(f"[load average {load_average()}] bystanders: {run.summary.line()}")
+    assert run.summary.errors == {}
+
+
+def sigkill(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+
+
 async def test_bubblewrap_runner_and_bwrap_killed_from_outside(
     start_deployment: StartDeployment,
 ) -> None:
@@ -131,9 +161,6 @@ async def test_bubblewrap_runner_and_bwrap_killed_from_outside(
     deployment = await start_deployment(nodes=("a",), changes=changes)
     node = deployment.nodes["a"].process
     assert node is not None
-    bystanders = Bystanders(deployment)
-    bystanders.start()
-    holder = ActorInstance(deployment.url(), "holder", instance="holder")
 
     def runner_of(marker: str) -> Callable[[], int]:
         def find() -> int:
@@ -151,21 +178,10 @@ async def test_bubblewrap_runner_and_bwrap_killed_from_outside(
 
         return find
 
-    try:
-        for target, find in (("runner", runner_of), ("bwrap", bwrap_of)):
-            marker = f"kill-{target}"
-            kind, detail, _ = await kill_during_call(
-                holder, marker, find(marker), lambda pid: os.kill(pid, signal.SIGKILL)
-            )
-            print(f"\n  SIGKILL of the {target}: {kind}: {detail}")
-            assert kind == "crashed" and "runner" in detail, (target, kind, detail)
-            await refilled_and_ready(deployment)
-            assert (await holder.call({"marker": "after", "seconds": 0}))[0] == OK
-    finally:
-        run = await bystanders.finish()
-        await holder.close()
-    print(f"[load average {load_average()}] bystanders: {run.summary.line()}")
-    assert run.summary.errors == {}
+    await kill_each(
+        deployment,
+        [("SIGKILL of the runner", runner_of, sigkill), ("SIGKILL of bwrap", bwrap_of, sigkill)],
+    )
     # Every cgroup left belongs to a live sandbox.
     await one_each(deployment, lambda: len(sandbox_cgroups(node.pid)), "cgroups")
 
@@ -183,23 +199,17 @@ async def test_docker_containers_killed_from_outside(start_deployment: StartDepl
     deployment = await start_deployment(nodes=("a",), changes=changes)
     node = deployment.nodes["a"].process
     assert node is not None
-    bystanders = Bystanders(deployment)
-    bystanders.start()
-    holder = ActorInstance(deployment.url(), "holder", instance="holder")
 
-    def container_holding(marker: str) -> Callable[[], tuple[str, int] | None]:
-        def find() -> tuple[str, int] | None:
-            for container in containers_of(node.pid):
-                init = container_init(container)
-                if init and holding({init} | descendants(init), marker):
-                    return container, init
-            return None
-
-        return find
+    def container_holding(marker: str) -> tuple[str, int] | None:
+        for container in containers_of(node.pid):
+            init = container_init(container)
+            if init and holding({init} | descendants(init), marker):
+                return container, init
+        return None
 
     def docker_kill(marker: str) -> Callable[[], int]:
         def find() -> int:
-            found = container_holding(marker)()
+            found = container_holding(marker)
             if found is None:
                 return 0
             subprocess.run(["docker", "kill", found[0]], capture_output=True, timeout=60)
@@ -209,28 +219,17 @@ async def test_docker_containers_killed_from_outside(start_deployment: StartDepl
 
     def init_of(marker: str) -> Callable[[], int]:
         def find() -> int:
-            found = container_holding(marker)()
+            found = container_holding(marker)
             return found[1] if found else 0
 
         return find
 
-    try:
-        cases = (
+    await kill_each(
+        deployment,
+        [
             ("docker kill", docker_kill, lambda pid: None),
-            ("SIGKILL of the container's process", init_of,
-             lambda pid: os.kill(pid, signal.SIGKILL)),
-        )  # fmt: skip
-        for index, (what, find, how) in enumerate(cases):
-            marker = f"kill-{index}"
-            kind, detail, _ = await kill_during_call(holder, marker, find(marker), how)
-            print(f"\n  {what}: {kind}: {detail}")
-            assert kind == "crashed", (what, kind, detail)
-            await refilled_and_ready(deployment)
-            assert (await holder.call({"marker": "after", "seconds": 0}))[0] == OK
-    finally:
-        run = await bystanders.finish()
-        await holder.close()
-    print(f"[load average {load_average()}] bystanders: {run.summary.line()}")
-    assert run.summary.errors == {}
+            ("SIGKILL of the container's process", init_of, sigkill),
+        ],
+    )
     # No container is left of the killed sandboxes: only live ones remain.
     await one_each(deployment, lambda: len(containers_of(node.pid)), "containers")
