@@ -115,9 +115,17 @@ class _ActorGroup:
         return min(len(self.waiters) - self.growing, max_per_actor - self.size)
 
 
-_Claim = Sandbox | _Bound | Literal["new"]
-"""Room reserved for one growth: a warm sandbox, an idle one of another actor to
-evict (its slot passes over), or a new slot already counted."""
+@dataclass(frozen=True, eq=False)
+class _Replace:
+    """A sandbox to kill first (an evicted idle one of another actor, or a warm one
+    that cannot serve the actor); its slot, still counted, passes to the new one."""
+
+    sandbox: Sandbox
+
+
+_Claim = Sandbox | _Replace | Literal["new"]
+"""Room reserved for one growth: a warm sandbox to load, a sandbox to replace, or a
+new slot already counted."""
 
 
 class _LanguagePool:
@@ -223,13 +231,19 @@ class SandboxPool:
         context: CallContext,
         state: StateHandler,
         events: EventSink,
+        *,
+        timeout: float | None = None,
     ) -> dict[str, JSON]:
-        """Run one call of ``actor`` in a sandbox bound to it; raises :class:`SandboxError`."""
+        """Run one call of ``actor`` in a sandbox bound to it; raises :class:`SandboxError`.
+
+        ``timeout`` (seconds) shortens the call's limit below ``sandbox.call_timeout``.
+        """
         member = await self._acquire(actor)
+        limit = self._settings.call_timeout
+        if timeout is not None:
+            limit = min(limit, timeout)
         try:
-            outputs = await member.sandbox.call(
-                context, state, events, timeout=self._settings.call_timeout
-            )
+            outputs = await member.sandbox.call(context, state, events, timeout=limit)
         except SandboxError as error:
             if error.destroys_sandbox or not member.sandbox.alive:
                 member.discard_reason = error.kind
@@ -383,19 +397,22 @@ class SandboxPool:
                     best = group
             if best is None:
                 return
-            claim = self._claim_capacity(language, best.size)
+            claim = self._claim_capacity(language, best.size, best.actor.package_dirs)
             if claim is None:
                 return
             best.growing += 1
             self._spawn_task(self._grow(best, claim))
 
-    def _claim_capacity(self, language: Language, size: int) -> _Claim | None:
+    def _claim_capacity(
+        self, language: Language, size: int, package_dirs: tuple[str, ...] = ()
+    ) -> _Claim | None:
         """Reserve room for one more sandbox of an actor that holds ``size``: a warm
-        sandbox, a new slot (already counted), or an idle sandbox of another actor
-        that holds more to evict (its slot passes over); None when the language is at
-        capacity with nothing to evict."""
+        sandbox, a new slot (already counted), or a sandbox to replace: an idle one of
+        another actor that holds more, or, for an actor with ``package_dirs`` of its own
+        (it always gets a new sandbox that mounts them), a warm one. None when the
+        language is at capacity with nothing to take."""
         pool = self._languages[language]
-        while pool.warm:
+        while pool.warm and not package_dirs:
             sandbox = pool.warm.popleft()
             self._refill(language)
             if sandbox.alive:
@@ -404,11 +421,13 @@ class SandboxPool:
         if pool.count < self._max(language):
             pool.count += 1
             return "new"
+        if package_dirs and pool.warm:
+            return _Replace(pool.warm.popleft())
         victim = self._evictable(language, size)
         if victim is None:
             return None
         self._forget(victim)
-        return victim
+        return _Replace(victim.sandbox)
 
     def _evictable(self, language: Language, size: int) -> _Bound | None:
         """The least recently used idle sandbox of another actor of this language that
@@ -430,13 +449,13 @@ class SandboxPool:
         language = actor.language
         sandbox: Sandbox | None = None
         try:
-            if isinstance(claim, _Bound):
+            if isinstance(claim, _Replace):
                 # Wait for the kill so that the hard cap holds; its slot is ours.
                 await self._kill(language, claim.sandbox, "evicted", counted=False)
             if isinstance(claim, Sandbox):
                 sandbox = claim
             else:
-                sandbox = await self._spawn(language)
+                sandbox = await self._spawn(language, actor.package_dirs)
             await sandbox.load(actor)
         except BaseException as error:
             group.growing -= 1
@@ -467,11 +486,14 @@ class SandboxPool:
         group.members.append(member)
         self._hand_over(member)
 
-    async def _spawn(self, language: Language) -> Sandbox:
+    async def _spawn(self, language: Language, package_dirs: tuple[str, ...] = ()) -> Sandbox:
         started = time.monotonic()
         pool = self._languages[language]
         try:
-            sandbox = await self._backend.spawn(language)
+            if package_dirs:
+                sandbox = await self._backend.spawn(language, package_dirs=package_dirs)
+            else:
+                sandbox = await self._backend.spawn(language)
         except Exception as error:
             pool.failure = str(error) or type(error).__name__
             raise

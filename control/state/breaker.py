@@ -1,12 +1,12 @@
 """Fail fast while the state store is known to be unreachable (a circuit breaker, no I/O).
 
-Without it, every call that needs state while Redis is down or frozen waits out the
-socket timeout, holding its sandbox and its actor's lock, so that the calls behind it
-queue until the pool refuses them (``pool_exhausted``) and fail long after the store
-came back. With it, once an operation failed because the store could not be reached,
-the others fail at once with a ``state_error`` that says so, and one operation per
-``probe_interval`` is let through to find out whether the store is back; the first
-success (or a health check that answers) closes the breaker.
+Without it, every call that needs state while Redis is frozen or its host is gone
+waits out the socket timeout, holding its sandbox and its actor's lock, so that the
+calls behind it queue until the pool refuses them (``pool_exhausted``) and fail long
+after the store came back. With it, once an operation timed out, the others fail at
+once with a ``state_error`` that says so, and one operation per ``probe_interval`` is
+let through to find out whether the store is back; the first success (or a health
+check that answers) closes the breaker.
 
     breaker = Breaker(probe_interval=0.5)
     if not breaker.allow():
@@ -50,7 +50,7 @@ class Breaker:
         return True
 
     def failed(self, reason: str) -> None:
-        """An operation failed because the store could not be reached."""
+        """An operation failed because the store did not answer in time."""
         now = self._clock()
         if self.down_since is None:
             self.down_since = now

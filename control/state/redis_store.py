@@ -11,10 +11,12 @@ overwriting a newer holder's writes.
 
 Failures (Redis down, timeouts, refused auth) become ``state_error`` at once: the
 socket timeouts are small and a command is retried once, only when its connection
-broke (which is also how the pool reconnects after Redis comes back). Once Redis
-could not be reached, a breaker (:mod:`.breaker`) fails the other state operations
-at once instead of letting each wait out the socket timeout, and lets one through
-every half second to see whether Redis is back.
+broke (which is also how the pool reconnects after Redis comes back). Once an
+operation timed out (Redis frozen, or its host gone), a breaker (:mod:`.breaker`)
+fails the other state operations at once instead of letting each wait out the socket
+timeout, and lets one through every half second to see whether Redis is back. A
+refused connection fails fast by itself and does not open it, so that state calls
+succeed again as soon as a restarted Redis listens.
 
 Outcomes under faults: before a commit with writes, the lease is cut to the socket
 timeout, so a commit that reaches a frozen Redis too late (after the client gave up
@@ -160,7 +162,6 @@ class RedisStore(StateStore):
         try:
             await self._client.ping()
         except AuthenticationError as error:
-            self.breaker.failed(str(error))
             return f"{self.name} refused the credentials: {error}"
         except (RedisError, OSError) as error:
             self.failure(error, "answer a ping")
@@ -172,11 +173,11 @@ class RedisStore(StateStore):
         return RedisTransaction(self, namespace, actor_id)
 
     def failure(self, error: BaseException, doing: str, *, note: str = "") -> SandboxError:
-        """The ``state_error`` for a Redis failure while ``doing`` something; a failure
-        to reach Redis opens the breaker."""
-        if _unreachable(error):
+        """The ``state_error`` for a Redis failure while ``doing`` something; a timeout
+        opens the breaker."""
+        if _timed_out(error):
             if not self.breaker.open:
-                log.warning("state store %s unreachable: %s", self.name, _reason(error))
+                log.warning("state store %s does not answer: %s", self.name, _reason(error))
             self.breaker.failed(_reason(error))
         return state_error(
             f"state store {self.name} failed to {doing}: {_reason(error)}{note}"
@@ -351,9 +352,10 @@ def _describe(kwargs: dict[str, Any]) -> str:
     return where if not db else f"{where}/{db}"
 
 
-def _unreachable(error: BaseException) -> bool:
-    """Whether the error means Redis could not be reached (not a refused command)."""
-    return isinstance(error, RedisConnectionError | RedisTimeoutError | OSError | TimeoutError)
+def _timed_out(error: BaseException) -> bool:
+    """Whether Redis did not answer in time (frozen, or unreachable): each such failure
+    costs a socket timeout, unlike a refused connection."""
+    return isinstance(error, RedisTimeoutError | TimeoutError)
 
 
 def _refused(error: BaseException) -> bool:

@@ -133,6 +133,7 @@ class Rendered:
         self.http_port = port_free_on(addresses)
         self.metrics_port = port_free_on(addresses)
         self.lb_port = port_free_on(["127.0.0.1"])
+        self.stub_status_port = port_free_on(["127.0.0.1"])
         self.redis_port = port_free_on(["127.0.0.1"])
         self.redis_password = secrets.token_hex(16)
         self.dir = workdir / "rendered" / "localhost"
@@ -166,6 +167,9 @@ class Rendered:
             ),
             # Keep a failed node out only briefly, so that a restored node rejoins soon.
             "nginx_lb_fail_timeout": "1s",
+            # nginx's stub_status server (for its exporter) on a free port, not 8081.
+            "nginx_stub_status_listen": f"127.0.0.1:{self.stub_status_port}",
+            "microsandbox_functions_dependency_cache": str(self.workdir / "functions"),
         }
         return {**base, **self.extra}
 

@@ -22,18 +22,18 @@ def test_closed_breaker_lets_everything_through() -> None:
 def test_after_a_failure_only_one_probe_per_interval_goes_through() -> None:
     clock = Clock()
     breaker = Breaker(0.5, clock)
-    breaker.failed("Connection refused")
+    breaker.failed("Timeout reading from socket")
     assert breaker.open
     assert not breaker.allow()  # within the interval: fail at once
     clock.now += 0.5
     assert breaker.allow()  # the probe
     assert not breaker.allow()  # the others still fail at once
-    breaker.failed("Connection refused")  # the probe failed too
+    breaker.failed("Timeout reading from socket")  # the probe failed too
     clock.now += 0.4
     assert not breaker.allow()
     clock.now += 0.1
     assert breaker.allow()
-    assert breaker.describe() == "unreachable for 1.0 s (Connection refused)"
+    assert breaker.describe() == "unreachable for 1.0 s (Timeout reading from socket)"
 
 
 def test_a_success_closes_the_breaker_once() -> None:
