@@ -100,6 +100,28 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check_scripts(args: argparse.Namespace) -> int:
+    """Discover the actors of the configured script folders; exit 1 naming each problem."""
+    from .registry import ActorRegistry, RegistryError
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        print(f"reflow-microsandbox: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    registry = ActorRegistry(config.scripts.folders, allow_inline=False)
+    try:
+        registry.discover()
+    except RegistryError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    for info in registry.all():
+        print(f"ok       {info.listed_name:<30} {info.source.language:<7} {info.path}")
+    for problem in registry.problems:
+        print(f"refused  {problem}", file=sys.stderr)
+    return EXIT_FAILED if registry.problems else 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
@@ -239,6 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a microsandbox.yaml")
     check.add_argument("file")
     check.set_defaults(func=_cmd_check_config)
+
+    scripts = commands.add_parser(
+        "check-scripts",
+        help="list the actors of the script folders and every file refused, with the reason",
+    )
+    scripts.add_argument("--config", help="microsandbox.yaml (default: built-in defaults)")
+    scripts.set_defaults(func=_cmd_check_scripts)
 
     run = commands.add_parser("run", help="run a script once, for script authors")
     run.add_argument("script", help="a .py or .js actor script")

@@ -300,7 +300,11 @@ class Api:
         return {"success": True, "actor": info.source.name, "namespace": info.source.namespace}
 
     async def list(self, params: ListParams, scope: CallScope) -> JSON:
-        return {"actors": self._registry.names()}
+        """The actors, and (``problems``) every script refused at discovery, with why."""
+        result: dict[str, JSON] = {"actors": self._registry.names()}
+        if self._registry.problems:
+            result["problems"] = list(self._registry.problems)
+        return result
 
     async def unload(self, params: UnloadParams, scope: CallScope) -> JSON:
         """Forget an actor and throw away its sandboxes."""

@@ -112,6 +112,13 @@ class Metrics:
             ["op"],
             registry=r,
         )
+        self.stray_frames = Counter(
+            "microsandbox_stray_frames",
+            "Frames (outputs, logs, state requests, exceptions, raw writes) that a sandbox "
+            "sent outside the call they belong to, and that were dropped",
+            ["language"],
+            registry=r,
+        )
         self.state_errors = Counter(
             "microsandbox_state_errors", "State operations that failed", registry=r
         )
@@ -166,3 +173,6 @@ class Metrics:
 
     def acquire_waited(self, language: Language, seconds: float) -> None:
         self.acquire_wait.labels(language).observe(seconds)
+
+    def stray_frames_dropped(self, language: Language, count: int) -> None:
+        self.stray_frames.labels(language).inc(count)

@@ -59,6 +59,8 @@ class PoolObserver(Protocol):
 
     def acquire_waited(self, language: Language, seconds: float) -> None: ...
 
+    def stray_frames_dropped(self, language: Language, count: int) -> None: ...
+
 
 class _SilentObserver:
     def sandbox_started(self, language: Language, seconds: float) -> None:
@@ -68,6 +70,9 @@ class _SilentObserver:
         pass
 
     def acquire_waited(self, language: Language, seconds: float) -> None:
+        pass
+
+    def stray_frames_dropped(self, language: Language, count: int) -> None:
         pass
 
 
@@ -245,8 +250,10 @@ class SandboxPool:
         try:
             outputs = await member.sandbox.call(context, state, events, timeout=limit)
         except SandboxError as error:
-            if error.destroys_sandbox or not member.sandbox.alive:
+            if error.destroys_sandbox:
                 member.discard_reason = error.kind
+            elif not member.sandbox.alive:
+                member.discard_reason = _retire_label(member.sandbox)
             self._release(member)
             raise
         except BaseException:
@@ -326,8 +333,14 @@ class SandboxPool:
         if self._closing:
             raise SandboxError("unavailable", "the server is shutting down")
         group = self._group_for(actor)
-        if not group.waiters and group.idle:
+        while not group.waiters and group.idle:
             member = group.idle.pop()
+            if not member.sandbox.alive:
+                # It became unusable while idle (e.g. an uncaught exception after its
+                # call): replaced before it serves this call.
+                self._retire(member)
+                group = self._group_for(actor)
+                continue
             member.busy = True
             return member
         settings = self._settings.pool
@@ -508,9 +521,12 @@ class SandboxPool:
         member.calls += 1
         member.last_used = time.monotonic()
         group = member.group
+        strays = member.sandbox.take_stray_frames()
+        if strays:
+            self._observer.stray_frames_dropped(group.actor.language, strays)
         reason = member.discard_reason
         if reason is None and not member.sandbox.alive:
-            reason = "crashed"
+            reason = _retire_label(member.sandbox)
         if reason is None and member.calls >= self._settings.pool.max_calls:
             reason = "recycled"
         if reason is None and self._groups.get(group.actor.key) is not group:
@@ -575,10 +591,19 @@ class SandboxPool:
         if not group.members and not group.waiters and self._groups.get(group.actor.key) is group:
             del self._groups[group.actor.key]
 
+    def _retire(self, member: _Bound) -> None:
+        """Throw away a bound sandbox that may not serve again (see ``Sandbox.retire_reason``)."""
+        self._forget(member)
+        language = member.group.actor.language
+        self._spawn_task(self._kill(language, member.sandbox, _retire_label(member.sandbox)))
+
     async def _kill(
         self, language: Language, sandbox: Sandbox, reason: str, *, counted: bool = True
     ) -> None:
         """Close a sandbox; ``counted`` means it still occupies capacity until closed."""
+        strays = sandbox.take_stray_frames()
+        if strays:
+            self._observer.stray_frames_dropped(language, strays)
         try:
             await sandbox.close()
         except Exception:  # a sandbox that fails to close must not stop the pool
@@ -644,13 +669,21 @@ class SandboxPool:
     def _reap_idle(self, used_before: float) -> None:
         for group in list(self._groups.values()):
             for member in list(group.idle):
-                if member.last_used < used_before:
+                if not member.sandbox.alive:
+                    self._retire(member)
+                elif member.last_used < used_before:
                     self._forget(member)
                     self._spawn_task(self._kill(group.actor.language, member.sandbox, "idle"))
         for language, pool in self._languages.items():
             for sandbox in [s for s in pool.warm if not s.alive]:
                 pool.warm.remove(sandbox)
                 self._spawn_task(self._kill(language, sandbox, "crashed"))
+
+
+def _retire_label(sandbox: Sandbox) -> str:
+    """The kill reason (a metrics label) for a sandbox that is no longer alive."""
+    reason = sandbox.retire_reason
+    return "crashed" if reason is None or reason == "crashed" else "retired"
 
 
 _ids = itertools.count(1)

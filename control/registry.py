@@ -273,7 +273,8 @@ class ActorRegistry:
         if parts and not all(valid_name(part) for part in parts):
             raise RegistryError(f"{path}: its folder cannot name a namespace")
         try:
-            extracted = extract(source, language, relative.stem, real)
+            # Messages name the file as its folder does (they may reach clients).
+            extracted = extract(source, language, relative.stem, relative.as_posix())
         except NotAnActor:
             raise
         except MetadataError as error:
@@ -284,7 +285,7 @@ class ActorRegistry:
                 namespace=namespace,
                 language=language,
                 source=source,
-                filename=real,
+                filename=relative.as_posix(),
             ),
             metadata=extracted.metadata,
             path=real,

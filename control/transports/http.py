@@ -9,6 +9,7 @@ open for load balancers; the RPC endpoint needs a token when tokens are configur
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
@@ -18,6 +19,8 @@ from ..jsonrpc import Dispatcher, Request
 from ..methods import CallScope
 from ..metrics import CONTENT_TYPE, Metrics
 from .auth import TokenAuth
+
+log = logging.getLogger(__name__)
 
 ReadyCheck = Callable[[], Awaitable[list[str]]]
 """Returns why the server is not ready (empty when it is)."""
@@ -97,19 +100,38 @@ class HttpTransport:
             )
         if self._draining:  # nothing runs: 503 lets a balancer retry on another node
             return web.Response(text=jsonrpc.encode(_SHUTTING_DOWN), status=503, content_type=_JSON)
-        body = await request.read()
-        parsed = jsonrpc.parse(body)
         reply: jsonrpc.Response | list[jsonrpc.Response] | None
-        if isinstance(parsed, dict):
-            self._dispatcher.rejected(parsed)
-            reply = parsed
-        elif isinstance(parsed, Request):
-            reply = await self._dispatcher.call(parsed, _COLLECT)
+        status = 200
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge as error:
+            status = error.status
+            reply = jsonrpc.error_response(
+                None, jsonrpc.INVALID_REQUEST, f"invalid request: {error.text or error.reason}"
+            )
+            self._dispatcher.rejected(reply)
         else:
-            reply = await self._dispatcher.call_batch(parsed, _COLLECT) or None
+            reply = await self._answer(body)
         if reply is None:
             return web.Response(status=204)
-        return web.Response(text=jsonrpc.encode(reply), content_type=_JSON)
+        data = jsonrpc.encode_bytes(reply) or b""
+        return web.Response(body=data, status=status, content_type=_JSON)
+
+    async def _answer(
+        self, body: bytes
+    ) -> jsonrpc.Response | list[jsonrpc.Response] | None:
+        """The JSON-RPC answer to a request body; an unexpected failure is -32603."""
+        try:
+            parsed = jsonrpc.parse(body)
+            if isinstance(parsed, dict):
+                self._dispatcher.rejected(parsed)
+                return parsed
+            if isinstance(parsed, Request):
+                return await self._dispatcher.call(parsed, _COLLECT)
+            return await self._dispatcher.call_batch(parsed, _COLLECT) or None
+        except Exception:
+            log.exception("an HTTP JSON-RPC request failed outside the dispatcher")
+            return jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, "internal error")
 
 
 class MetricsEndpoint:

@@ -191,7 +191,11 @@ class WsTransport:
                     continue
             else:
                 text = message
-            parsed = jsonrpc.parse(text)
+            try:
+                parsed = jsonrpc.parse(text)
+            except Exception:  # parse promises not to raise; the connection outlives a bug
+                log.exception("parsing a WebSocket message failed")
+                parsed = jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, "internal error")
             if isinstance(parsed, dict):
                 self._reject(peer, parsed)
                 continue
@@ -254,17 +258,15 @@ class WsTransport:
 
     async def _send(self, peer: _Peer, message: Response | list[Response]) -> None:
         """Text, or a binary zstd frame for an opted-in peer when the JSON is large."""
-        text = jsonrpc.encode(message)
+        data = jsonrpc.encode_bytes(message)
+        if data is None:
+            return
         try:
-            # A str of n characters is at most 4n bytes of UTF-8: most small replies
-            # skip the encode.
-            if peer.zstd and self._threshold is not None and 4 * len(text) > self._threshold:
-                data = text.encode("utf-8")
-                if len(data) > self._threshold:
-                    compressed = self._compressor.compress(data)
-                    self._metrics.compressed(len(data), len(compressed))
-                    await peer.conn.send(compressed)
-                    return
-            await peer.conn.send(text)
+            if peer.zstd and self._threshold is not None and len(data) > self._threshold:
+                compressed = self._compressor.compress(data)
+                self._metrics.compressed(len(data), len(compressed))
+                await peer.conn.send(compressed)
+                return
+            await peer.conn.send(data, text=True)  # already UTF-8: sent as a text frame
         except ConnectionClosed:
             pass  # the client left; nobody is waiting for this reply

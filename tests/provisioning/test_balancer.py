@@ -187,7 +187,7 @@ async def _run_drain(ansible: AnsibleRunner, balancer: Balancer, node: str, stat
         },
     )
     assert result.returncode == 0, output_of(result)
-    balancer.reload()
+    await asyncio.to_thread(balancer.reload)
 
 
 async def _actor_on(ports: Ports, node: str) -> str:

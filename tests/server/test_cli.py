@@ -135,3 +135,24 @@ async def test_sigterm_drains_an_in_flight_call_exits_0_and_leaves_no_sandbox_be
     code = await asyncio.to_thread(server.wait, 60)
     assert code == 0, server.log
     assert [pid for pid in sandboxes if alive(pid)] == []
+
+
+def test_check_scripts_lists_the_actors_and_names_each_refused_file(tmp_path: Path) -> None:
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "good.py").write_text("@actor\ndef process(context):\n    return {}\n")
+    (scripts / "literal.js").write_text(
+        "const metadata = {component: 'literal_js', inports: ['a',],};\n"
+        "module.exports = { process: async () => ({}) };\n"
+    )
+    (scripts / "computed.js").write_text(
+        "const NAME = 'x';\nconst metadata = {component: NAME};\nasync function run() {}\n"
+    )
+    config = tmp_path / "microsandbox.yaml"
+    config.write_text(yaml.safe_dump({"scripts": {"folders": [str(scripts)]}}))
+    result = cli("check-scripts", "--config", str(config))
+    assert result.returncode == 1
+    assert "good" in result.stdout and "literal_js" in result.stdout
+    assert "refused  computed.js: `const metadata` must be an object literal" in result.stderr
+    (scripts / "computed.js").unlink()
+    assert cli("check-scripts", "--config", str(config)).returncode == 0
