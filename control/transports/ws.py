@@ -11,6 +11,9 @@ Framing rules, all from Reflow's client contract:
 * Calls on one connection run concurrently, one task per frame (bounded per
   connection); responses go out when ready. A call's ``output`` pushes are sent, in
   order, before its response.
+* Draining (:meth:`WsTransport.stop_accepting`): no new connections; each open one is
+  closed (1001) once it has no call running, so that Reflow's lazy reconnect takes
+  its next call through the balancer to another node.
 """
 
 from __future__ import annotations
@@ -88,6 +91,8 @@ class WsTransport:
         self._compressor = zstandard.ZstdCompressor(level=config.compression.level)
         self._server: Server | None = None
         self._draining = False
+        self._peers: set[_Peer] = set()
+        self._leaving: set[asyncio.Task[None]] = set()
         self.port = 0
 
     async def start(self, host: str, port: int) -> int:
@@ -106,10 +111,20 @@ class WsTransport:
         return self.port
 
     def stop_accepting(self) -> None:
-        """Refuse new connections and new calls; running calls go on."""
+        """Refuse new connections and new calls; running calls go on. A connection is
+        closed (1001) as soon as it has no call running, so that a client's next call
+        reconnects, through the balancer, to another node."""
         self._draining = True
         if self._server is not None:
             self._server.close(close_connections=False)
+        for peer in list(self._peers):
+            if not peer.tasks:
+                self._send_away(peer)
+
+    def _send_away(self, peer: _Peer) -> None:
+        task = asyncio.ensure_future(peer.conn.close(CloseCode.GOING_AWAY, "server draining"))
+        self._leaving.add(task)
+        task.add_done_callback(self._leaving.discard)
 
     async def close(self) -> None:
         """Close every connection (1001 going away) and wait for the handlers."""
@@ -146,11 +161,13 @@ class WsTransport:
             function=self._functions(route.function_id) if self._functions and route else None,
         )
         self._metrics.ws_connections.inc()
+        self._peers.add(peer)
         try:
             await self._read_loop(peer)
         except ConnectionClosed:
             pass
         finally:
+            self._peers.discard(peer)
             self._metrics.ws_connections.dec()
             # Calls still running finish (their state commits); their replies are dropped.
             if peer.tasks:
@@ -216,6 +233,8 @@ class WsTransport:
             log.exception("a WebSocket call failed outside the dispatcher")
         finally:
             peer.limit.release()
+            if self._draining and peer.tasks <= {asyncio.current_task()}:
+                self._send_away(peer)  # its last call is answered
 
     def _refuse(
         self, parsed: Request | list[Request | Response]
