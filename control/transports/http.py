@@ -27,12 +27,27 @@ ReadyCheck = Callable[[], Awaitable[list[str]]]
 
 _JSON = "application/json"
 _COLLECT = CallScope(push=None)
-_SHUTTING_DOWN = jsonrpc.error_response(
-    None,
-    jsonrpc.SANDBOX_ERROR_CODES["unavailable"],
-    "the server is shutting down",
-    {"kind": "unavailable"},
-)
+
+
+def _shutting_down(
+    parsed: jsonrpc.Parsed,
+) -> jsonrpc.Response | list[jsonrpc.Response]:
+    """The answer to a body that arrives while the server drains: each request's own
+    id with the ``unavailable`` error (a frame that parsed to an error keeps its own)."""
+
+    def refuse(item: Request | jsonrpc.Response) -> jsonrpc.Response:
+        if not isinstance(item, Request):
+            return item
+        return jsonrpc.error_response(
+            item.id,
+            jsonrpc.SANDBOX_ERROR_CODES["unavailable"],
+            "the server is shutting down: send the request to another node",
+            {"kind": "unavailable"},
+        )
+
+    if isinstance(parsed, list):
+        return [refuse(item) for item in parsed]
+    return refuse(parsed)
 
 
 async def _bound_port(runner: web.AppRunner, host: str, port: int) -> int:
@@ -98,8 +113,6 @@ class HttpTransport:
                 status=401,
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        if self._draining:  # nothing runs: 503 lets a balancer retry on another node
-            return web.Response(text=jsonrpc.encode(_SHUTTING_DOWN), status=503, content_type=_JSON)
         reply: jsonrpc.Response | list[jsonrpc.Response] | None
         status = 200
         try:
@@ -111,15 +124,16 @@ class HttpTransport:
             )
             self._dispatcher.rejected(reply)
         else:
+            if self._draining:  # nothing runs: 503 lets a balancer retry on another node
+                data = jsonrpc.encode_bytes(_shutting_down(jsonrpc.parse(body))) or b""
+                return web.Response(body=data, status=503, content_type=_JSON)
             reply = await self._answer(body)
         if reply is None:
             return web.Response(status=204)
         data = jsonrpc.encode_bytes(reply) or b""
         return web.Response(body=data, status=status, content_type=_JSON)
 
-    async def _answer(
-        self, body: bytes
-    ) -> jsonrpc.Response | list[jsonrpc.Response] | None:
+    async def _answer(self, body: bytes) -> jsonrpc.Response | list[jsonrpc.Response] | None:
         """The JSON-RPC answer to a request body; an unexpected failure is -32603."""
         try:
             parsed = jsonrpc.parse(body)
