@@ -37,6 +37,9 @@ NODE_BROKEN = "function process(context) {\n  return {out: };\n}\nmodule.exports
 CASES: list[tuple[str, bytes | dict[str, Any], int, list[str]]] = [
     ("not JSON", b"{name: 'x'", 400, ["not JSON"]),
     ("a JSON array", b"[1, 2]", 400, ["JSON object"]),
+    ("a body nested 30,000 deep",
+     b'{"name": "deep", "code": "x", "extra": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", 400,
+     ["nests deeper than 128 levels (the limit)"]),
     ("no code", {k: v for k, v in _body().items() if k != "code"}, 400, ["code", "required"]),
     ("timeout as a string", _body(timeout_seconds="300"), 400, ["timeout_seconds"]),
     ("a negative timeout", _body(timeout_seconds=-1), 400, ["timeout_seconds"]),
