@@ -50,6 +50,26 @@ def _shutting_down(
     return refuse(parsed)
 
 
+@web.middleware
+async def _json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """aiohttp's own 404 and 405 (an unknown path or method) as JSON, like every other
+    answer of this API: ``{"success": false, "error": "..."}``, the Allow header kept."""
+    try:
+        return await handler(request)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as error:
+        if error.content_type == _JSON:
+            raise  # already JSON (a handler's own answer)
+        what = "no such endpoint" if error.status == 404 else "method not allowed"
+        allow = {"Allow": error.headers["Allow"]} if "Allow" in error.headers else None
+        return web.json_response(
+            {"success": False, "error": f"{what}: {request.method} {request.path[:200]}"},
+            status=error.status,
+            headers=allow,
+        )
+
+
 async def _bound_port(runner: web.AppRunner, host: str, port: int) -> int:
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
@@ -73,7 +93,7 @@ class HttpTransport:
         self._auth = auth
         self._ready = ready
         self._draining = False
-        app = web.Application(client_max_size=max_body)
+        app = web.Application(client_max_size=max_body, middlewares=[_json_errors])
         app.router.add_get("/health", self._health)
         app.router.add_get("/ready", self._readiness)
         app.router.add_post("/api/v1/rpc", self._rpc)

@@ -238,3 +238,20 @@ async def test_http_rpc_while_draining_is_503_with_each_requests_own_id(server: 
     finally:
         await client.close()
     await stopping
+
+
+async def test_unknown_paths_and_methods_on_the_http_port_answer_json(server: Server) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(http_url(server, "/api/v1/nope")) as response:
+            assert response.status == 404
+            assert response.content_type == "application/json"
+            body = await response.json()
+            assert body == {"success": False, "error": "no such endpoint: GET /api/v1/nope"}
+        async with session.get(http_url(server, "/api/v1/rpc")) as response:
+            assert response.status == 405
+            assert response.content_type == "application/json"
+            assert "POST" in response.headers["Allow"]
+            assert (await response.json())["error"] == "method not allowed: GET /api/v1/rpc"
+        # An unknown function's status keeps its own JSON (Reflow's shape).
+        async with session.get(http_url(server, "/api/v1/functions/fn-nope")) as response:
+            assert response.status == 404 and "state" in await response.json()
