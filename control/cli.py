@@ -97,6 +97,14 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"{args.file}: {error}", file=sys.stderr)
         return EXIT_CONFIG
+    for index, folder in enumerate(config.scripts.folders):
+        # A warning, not a refusal: the folder may be created after the check (provisioning).
+        if not Path(folder).is_dir():
+            print(
+                f"{args.file}: warning: scripts.folders[{index}]: {folder} is not a folder "
+                "(no actors will be found there until it exists)",
+                file=sys.stderr,
+            )
     print(_summary(config))
     return 0
 

@@ -181,3 +181,14 @@ def test_run_without_a_config_keeps_its_state_out_of_the_current_folder(
     assert list(work.iterdir()) == []  # no microsandbox-state.db(.locks) left here
     state = home / ".local" / "state" / "reflow-microsandbox"
     assert {path.name for path in state.iterdir()} >= {"run-state.db", "run-state.db.locks"}
+
+
+def test_check_config_warns_about_a_script_folder_that_does_not_exist(tmp_path: Path) -> None:
+    (tmp_path / "here").mkdir()
+    config = tmp_path / "microsandbox.yaml"
+    config.write_text(yaml.safe_dump({"scripts": {"folders": ["here", "not-there"]}}))
+    result = cli("check-config", str(config))
+    assert result.returncode == 0 and result.stdout.startswith("ok: ")
+    assert "warning: scripts.folders[1]" in result.stderr
+    assert str(tmp_path / "not-there") in result.stderr
+    assert "folders[0]" not in result.stderr
