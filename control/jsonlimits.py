@@ -30,6 +30,11 @@ MAX_MESSAGE_DEPTH = 128
 MAX_VALUE_DEPTH = 100
 """Deepest nesting of a value crossing the sandbox boundary (payload, outputs, state)."""
 
+MAX_STATE_VALUE_BYTES = 16 * 1024 * 1024
+"""Largest state value (bytes of compact JSON) a store takes. A call's state values also
+travel within its ``sandbox.max_output_bytes`` budget, so a runner refuses a value
+larger than the smaller of the two (less frame room) with ``state_error`` naming it."""
+
 # Every byte but the four brackets is deleted; braces fold into square brackets (the
 # text is valid JSON, so they pair up the same way).
 _FOLD = bytes.maketrans(b"{}", b"[]")
