@@ -34,7 +34,7 @@ from websockets.http11 import Response as HttpResponse
 from .. import jsonrpc
 from ..compression import CompressionError, DecompressedTooLarge, is_zstd, zstd_decompress
 from ..config import Config
-from ..functions.routes import function_route
+from ..functions.routes import function_route, malformed_function_path
 from ..jsonrpc import Dispatcher, Request, Response
 from ..methods import CallScope, FunctionTarget
 from ..metrics import Metrics
@@ -143,12 +143,20 @@ class WsTransport:
     # -- handshake ------------------------------------------------------------------------
 
     def _check_auth(self, conn: ServerConnection, request: HttpRequest) -> HttpResponse | None:
-        if self._auth.allows_request(request.headers, request.path):
-            return None
-        route = function_route(request.path) if self._functions is not None else None
-        if route is not None and self._auth.allows(route.path_token):
-            return None  # a token in the path before the function id
-        return conn.respond(HTTPStatus.UNAUTHORIZED, "missing or invalid token\n")
+        functions = self._functions is not None
+        route = function_route(request.path) if functions else None
+        malformed = malformed_function_path(request.path) if functions else None
+        allowed = (
+            self._auth.allows_request(request.headers, request.path)
+            # a token in the path before the function id (or before a malformed one)
+            or (route is not None and self._auth.allows(route.path_token))
+            or (malformed is not None and self._auth.allows(malformed.path_token))
+        )
+        if not allowed:
+            return conn.respond(HTTPStatus.UNAUTHORIZED, "missing or invalid token\n")
+        if malformed is not None:
+            return conn.respond(HTTPStatus.NOT_FOUND, malformed.reason + "\n")
+        return None
 
     # -- one connection -------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+import uvloop
 
 from reflow_microsandbox.config import Config, deep_merge, parse_config
 from reflow_microsandbox.server import Server
@@ -161,6 +162,18 @@ def http_url(server: Server, path: str) -> str:
 
 
 # -- fixtures ------------------------------------------------------------------------------
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Run every async test here on uvloop, the loop ``serve`` runs on (control/cli.py).
+
+    pytest-asyncio >= 1.4's hook (it replaces overriding ``event_loop_policy``). Bugs
+    that only uvloop shows (it refuses ``umask=`` in subprocess calls, its transports
+    are not asyncio.Transport subclasses) then fail here, not in production.
+    """
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture(scope="session")
