@@ -12,13 +12,14 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .config import LANGUAGES, Config, ConfigError, load_config
+from .config import ENV_PREFIX, LANGUAGES, Config, ConfigError, load_config
 from .sandbox.base import JSON, CallContext, SandboxError
 
 T = TypeVar("T")
@@ -96,6 +97,14 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"{args.file}: {error}", file=sys.stderr)
         return EXIT_CONFIG
+    for index, folder in enumerate(config.scripts.folders):
+        # A warning, not a refusal: the folder may be created after the check (provisioning).
+        if not Path(folder).is_dir():
+            print(
+                f"{args.file}: warning: scripts.folders[{index}]: {folder} is not a folder "
+                "(no actors will be found there until it exists)",
+                file=sys.stderr,
+            )
     print(_summary(config))
     return 0
 
@@ -188,7 +197,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
         settings.min_instances = 0
         settings.max_instances = 1
     config.scripts.folders = [str(script.parent)]
+    if args.config is None and f"{ENV_PREFIX}STATE_SQLITE_PATH" not in os.environ:
+        config.state.sqlite_path = str(_run_state_path(os.environ))
     return _run_loop(_run_once(config, script, payload))
+
+
+def _run_state_path(environ: Mapping[str, str]) -> Path:
+    """Where ``run`` without ``--config`` keeps SQLite state (and its ``.locks`` sidecar):
+    ``$XDG_STATE_HOME/reflow-microsandbox/run-state.db`` (default ``~/.local/state``,
+    the XDG Base Directory spec's place for state), not the current folder; created
+    (mode 0700) when missing."""
+    base = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    folder = Path(base) / "reflow-microsandbox"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return folder / "run-state.db"
 
 
 async def _run_once(config: Config, script: Path, payload: dict[str, JSON]) -> int:

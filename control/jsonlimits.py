@@ -13,6 +13,9 @@ the stack while it is being checked):
 * **Lone surrogates.** ``"\\ud800"`` is valid JSON text but not valid Unicode: UTF-8
   cannot carry it (RFC 8259 section 8.2), so a WebSocket text frame or an HTTP body
   holding it cannot be sent. :func:`lone_surrogate` finds one in a decoded value.
+* **Numbers beyond a double.** ``1e400`` is valid JSON text, but Python (like most JSON
+  peers: RFC 8259 section 6) decodes it to a 64-bit float, where it overflows to
+  infinity, which strict JSON cannot send on. :func:`non_finite_path` names where one is.
 """
 
 from __future__ import annotations
@@ -26,6 +29,11 @@ MAX_MESSAGE_DEPTH = 128
 
 MAX_VALUE_DEPTH = 100
 """Deepest nesting of a value crossing the sandbox boundary (payload, outputs, state)."""
+
+MAX_STATE_VALUE_BYTES = 16 * 1024 * 1024
+"""Largest state value (bytes of compact JSON) a store takes. A call's state values also
+travel within its ``sandbox.max_output_bytes`` budget, so a runner refuses a value
+larger than the smaller of the two (less frame room) with ``state_error`` naming it."""
 
 # Every byte but the four brackets is deleted; braces fold into square brackets (the
 # text is valid JSON, so they pair up the same way).
@@ -72,6 +80,49 @@ def may_hold_surrogate(data: bytes | str) -> bool:
     if isinstance(data, str):
         return "\\u" in data and _SURROGATE_ESCAPE_TEXT.search(data) is not None
     return b"\\u" in data and _SURROGATE_ESCAPE.search(data) is not None
+
+
+# An exponent of three digits or more, or 309 digits in a row: what a number needs to
+# leave a double's range (1.8e308); strings that look alike only cost a walk.
+_BIG_NUMBER = re.compile(rb"[eE][+]?[0-9]{3}|[0-9]{309}")
+_BIG_NUMBER_TEXT = re.compile(r"[eE][+]?[0-9]{3}|[0-9]{309}")
+
+
+def may_hold_huge_number(data: bytes | str) -> bool:
+    """Whether the JSON text ``data`` may hold a number that decodes to an infinite
+    float: a cheap pre-check before :func:`non_finite_path`."""
+    if isinstance(data, str):
+        return _BIG_NUMBER_TEXT.search(data) is not None
+    return _BIG_NUMBER.search(data) is not None
+
+
+def non_finite_path(value: Any, root: str = "") -> str | None:
+    """Where in a decoded JSON value the first infinite or NaN float is, as a dotted
+    path (``payload.items.3``, the form of JSON-RPC's invalid-params field names), or
+    None. Iterative: no nesting exhausts the stack."""
+    stack: list[tuple[str, Any]] = [(root, value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, float):
+            if item != item or item in (float("inf"), float("-inf")):
+                return path or "value"
+        elif isinstance(item, dict):
+            prefix = f"{path}." if path else ""
+            stack.extend((f"{prefix}{key}", sub) for key, sub in reversed(item.items()))
+        elif isinstance(item, list):
+            prefix = f"{path}." if path else ""
+            stack.extend(
+                (f"{prefix}{index}", sub) for index, sub in reversed(list(enumerate(item)))
+            )
+    return None
+
+
+def huge_number_message(path: str) -> str:
+    """The error text for a number that overflows a 64-bit float."""
+    return (
+        f"{path}: the number is outside the range of a 64-bit float (about 1.8e308) and "
+        "would become infinity, which JSON cannot carry: send it as a string"
+    )
 
 
 _probe = json.JSONEncoder(ensure_ascii=False, allow_nan=True, check_circular=False)

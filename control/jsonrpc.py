@@ -20,6 +20,7 @@ turns a response that cannot be encoded into a -32603 error instead of raising.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -30,9 +31,12 @@ from pydantic import BaseModel, ValidationError
 
 from .jsonlimits import (
     MAX_MESSAGE_DEPTH,
+    huge_number_message,
     lone_surrogate,
+    may_hold_huge_number,
     may_hold_surrogate,
     nesting_exceeds,
+    non_finite_path,
     surrogate_message,
 )
 from .sandbox.base import JSON, SandboxError
@@ -213,6 +217,8 @@ def parse(data: bytes | str) -> Parsed:
     except (ValueError, RecursionError) as error:  # UnicodeDecodeError, JSONDecodeError too
         return error_response(None, PARSE_ERROR, f"parse error: {error}")
     check = _check_unicode if may_hold_surrogate(data) else _parse_one
+    if may_hold_huge_number(data):
+        check = functools.partial(_check_numbers, check)
     if isinstance(message, list):
         if not message:
             return error_response(None, INVALID_REQUEST, "invalid request: empty batch")
@@ -231,6 +237,25 @@ def _check_unicode(item: object) -> Request | Response:
         id_ = None
     return error_response(
         id_, INVALID_REQUEST, "invalid request: " + surrogate_message("a string", code_point)
+    )
+
+
+def _check_numbers(
+    inner: Callable[[object], Request | Response], item: object
+) -> Request | Response:
+    """``inner``, refusing a request whose params hold a number beyond a double's range
+    (it decodes to infinity): -32602 naming the field, before any method runs."""
+    parsed = inner(item)
+    if not isinstance(parsed, Request):
+        return parsed
+    where = non_finite_path(parsed.params)
+    if where is None:
+        return parsed
+    return error_response(
+        parsed.id,
+        INVALID_PARAMS,
+        "invalid params: " + huge_number_message(where),
+        {"fields": [where]},
     )
 
 

@@ -354,7 +354,15 @@ class Runner {
       },
       getState(key, fallback = null) { return runner.state(call, 'get', key, { default: fallback }); },
       async setState(key, value) {
-        const json = JSON.parse(strictJson(value, `setState(${JSON.stringify(key)}) value`));
+        const text = strictJson(value, `setState(${JSON.stringify(key)}) value`);
+        const limit = data.state_value_limit;
+        const size = Buffer.byteLength(text, 'utf8');
+        if (Number.isInteger(limit) && size > limit) {
+          throw new StateError(`setState(${JSON.stringify(key)}) value is ${size} bytes as JSON, ` +
+            `more than the ${limit} a state value may be (the smaller of the store's limit and ` +
+            'sandbox.max_output_bytes, less frame room)');
+        }
+        const json = JSON.parse(text);
         await runner.state(call, 'set', key, { value: json });
       },
       async deleteState(key) { await runner.state(call, 'delete', key, {}); },

@@ -340,6 +340,7 @@ class Context:
         self.actor_id = data.get("actor_id", "")
         self.namespace = data.get("namespace", "default")
         self.timestamp = data.get("timestamp", 0)
+        self._state_limit = data.get("state_value_limit")
 
     def get_input(self, port: str, default: Any = None) -> Any:
         return self.payload.get(port, default)
@@ -357,7 +358,14 @@ class Context:
         return Done(self._runner.state(self._call, "get", key, default=default))
 
     def set_state(self, key: str, value: Any) -> Done:
-        strict_json(value, f"set_state({key!r}) value")
+        data = strict_json(value, f"set_state({key!r}) value")
+        limit = self._state_limit
+        if isinstance(limit, int) and len(data) > limit:
+            raise StateError(
+                f"set_state({key!r}) value is {len(data)} bytes as JSON, more than the "
+                f"{limit} a state value may be (the smaller of the store's limit and "
+                "sandbox.max_output_bytes, less frame room)"
+            )
         return Done(self._runner.state(self._call, "set", key, value=value))
 
     def delete_state(self, key: str) -> Done:

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from ..jsonlimits import (
+    MAX_STATE_VALUE_BYTES,
     MAX_VALUE_DEPTH,
     depth_message,
     lone_surrogate,
@@ -151,6 +152,10 @@ class RunnerProtocol:
 
     def __init__(self, max_output_bytes: int, label: str = "runner") -> None:
         self.max_output = max_output_bytes
+        # A state value travels in one frame within the call's budget, and a store takes
+        # at most MAX_STATE_VALUE_BYTES: runners refuse larger ones (state_error).
+        room = max_output_bytes - min(FRAME_SLACK, max_output_bytes // 2)
+        self.state_value_limit = min(MAX_STATE_VALUE_BYTES, room)
         self.label = label
         self.phase = Phase.STARTING
         self.ready: Message = {}
@@ -235,6 +240,7 @@ class RunnerProtocol:
                         "payload": dict(context.payload),
                         "config": dict(context.config),
                         "timestamp": context.timestamp,
+                        "state_value_limit": self.state_value_limit,
                     },
                 }
             )

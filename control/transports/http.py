@@ -27,12 +27,47 @@ ReadyCheck = Callable[[], Awaitable[list[str]]]
 
 _JSON = "application/json"
 _COLLECT = CallScope(push=None)
-_SHUTTING_DOWN = jsonrpc.error_response(
-    None,
-    jsonrpc.SANDBOX_ERROR_CODES["unavailable"],
-    "the server is shutting down",
-    {"kind": "unavailable"},
-)
+
+
+def _shutting_down(
+    parsed: jsonrpc.Parsed,
+) -> jsonrpc.Response | list[jsonrpc.Response]:
+    """The answer to a body that arrives while the server drains: each request's own
+    id with the ``unavailable`` error (a frame that parsed to an error keeps its own)."""
+
+    def refuse(item: Request | jsonrpc.Response) -> jsonrpc.Response:
+        if not isinstance(item, Request):
+            return item
+        return jsonrpc.error_response(
+            item.id,
+            jsonrpc.SANDBOX_ERROR_CODES["unavailable"],
+            "the server is shutting down: send the request to another node",
+            {"kind": "unavailable"},
+        )
+
+    if isinstance(parsed, list):
+        return [refuse(item) for item in parsed]
+    return refuse(parsed)
+
+
+@web.middleware
+async def _json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """aiohttp's own 404 and 405 (an unknown path or method) as JSON, like every other
+    answer of this API: ``{"success": false, "error": "..."}``, the Allow header kept."""
+    try:
+        return await handler(request)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as error:
+        if error.content_type == _JSON:
+            raise  # already JSON (a handler's own answer)
+        what = "no such endpoint" if error.status == 404 else "method not allowed"
+        allow = {"Allow": error.headers["Allow"]} if "Allow" in error.headers else None
+        return web.json_response(
+            {"success": False, "error": f"{what}: {request.method} {request.path[:200]}"},
+            status=error.status,
+            headers=allow,
+        )
 
 
 async def _bound_port(runner: web.AppRunner, host: str, port: int) -> int:
@@ -58,7 +93,7 @@ class HttpTransport:
         self._auth = auth
         self._ready = ready
         self._draining = False
-        app = web.Application(client_max_size=max_body)
+        app = web.Application(client_max_size=max_body, middlewares=[_json_errors])
         app.router.add_get("/health", self._health)
         app.router.add_get("/ready", self._readiness)
         app.router.add_post("/api/v1/rpc", self._rpc)
@@ -98,8 +133,6 @@ class HttpTransport:
                 status=401,
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        if self._draining:  # nothing runs: 503 lets a balancer retry on another node
-            return web.Response(text=jsonrpc.encode(_SHUTTING_DOWN), status=503, content_type=_JSON)
         reply: jsonrpc.Response | list[jsonrpc.Response] | None
         status = 200
         try:
@@ -111,15 +144,16 @@ class HttpTransport:
             )
             self._dispatcher.rejected(reply)
         else:
+            if self._draining:  # nothing runs: 503 lets a balancer retry on another node
+                data = jsonrpc.encode_bytes(_shutting_down(jsonrpc.parse(body))) or b""
+                return web.Response(body=data, status=503, content_type=_JSON)
             reply = await self._answer(body)
         if reply is None:
             return web.Response(status=204)
         data = jsonrpc.encode_bytes(reply) or b""
         return web.Response(body=data, status=status, content_type=_JSON)
 
-    async def _answer(
-        self, body: bytes
-    ) -> jsonrpc.Response | list[jsonrpc.Response] | None:
+    async def _answer(self, body: bytes) -> jsonrpc.Response | list[jsonrpc.Response] | None:
         """The JSON-RPC answer to a request body; an unexpected failure is -32603."""
         try:
             parsed = jsonrpc.parse(body)

@@ -11,6 +11,9 @@ Framing rules, all from Reflow's client contract:
 * Calls on one connection run concurrently, one task per frame (bounded per
   connection); responses go out when ready. A call's ``output`` pushes are sent, in
   order, before its response.
+* Draining (:meth:`WsTransport.stop_accepting`): no new connections; each open one is
+  closed (1001) once it has no call running, so that Reflow's lazy reconnect takes
+  its next call through the balancer to another node.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from websockets.http11 import Response as HttpResponse
 from .. import jsonrpc
 from ..compression import CompressionError, DecompressedTooLarge, is_zstd, zstd_decompress
 from ..config import Config
-from ..functions.routes import function_route
+from ..functions.routes import function_route, malformed_function_path
 from ..jsonrpc import Dispatcher, Request, Response
 from ..methods import CallScope, FunctionTarget
 from ..metrics import Metrics
@@ -88,6 +91,8 @@ class WsTransport:
         self._compressor = zstandard.ZstdCompressor(level=config.compression.level)
         self._server: Server | None = None
         self._draining = False
+        self._peers: set[_Peer] = set()
+        self._leaving: set[asyncio.Task[None]] = set()
         self.port = 0
 
     async def start(self, host: str, port: int) -> int:
@@ -106,10 +111,20 @@ class WsTransport:
         return self.port
 
     def stop_accepting(self) -> None:
-        """Refuse new connections and new calls; running calls go on."""
+        """Refuse new connections and new calls; running calls go on. A connection is
+        closed (1001) as soon as it has no call running, so that a client's next call
+        reconnects, through the balancer, to another node."""
         self._draining = True
         if self._server is not None:
             self._server.close(close_connections=False)
+        for peer in list(self._peers):
+            if not peer.tasks:
+                self._send_away(peer)
+
+    def _send_away(self, peer: _Peer) -> None:
+        task = asyncio.ensure_future(peer.conn.close(CloseCode.GOING_AWAY, "server draining"))
+        self._leaving.add(task)
+        task.add_done_callback(self._leaving.discard)
 
     async def close(self) -> None:
         """Close every connection (1001 going away) and wait for the handlers."""
@@ -128,12 +143,20 @@ class WsTransport:
     # -- handshake ------------------------------------------------------------------------
 
     def _check_auth(self, conn: ServerConnection, request: HttpRequest) -> HttpResponse | None:
-        if self._auth.allows_request(request.headers, request.path):
-            return None
-        route = function_route(request.path) if self._functions is not None else None
-        if route is not None and self._auth.allows(route.path_token):
-            return None  # a token in the path before the function id
-        return conn.respond(HTTPStatus.UNAUTHORIZED, "missing or invalid token\n")
+        functions = self._functions is not None
+        route = function_route(request.path) if functions else None
+        malformed = malformed_function_path(request.path) if functions else None
+        allowed = (
+            self._auth.allows_request(request.headers, request.path)
+            # a token in the path before the function id (or before a malformed one)
+            or (route is not None and self._auth.allows(route.path_token))
+            or (malformed is not None and self._auth.allows(malformed.path_token))
+        )
+        if not allowed:
+            return conn.respond(HTTPStatus.UNAUTHORIZED, "missing or invalid token\n")
+        if malformed is not None:
+            return conn.respond(HTTPStatus.NOT_FOUND, malformed.reason + "\n")
+        return None
 
     # -- one connection -------------------------------------------------------------------
 
@@ -146,11 +169,13 @@ class WsTransport:
             function=self._functions(route.function_id) if self._functions and route else None,
         )
         self._metrics.ws_connections.inc()
+        self._peers.add(peer)
         try:
             await self._read_loop(peer)
         except ConnectionClosed:
             pass
         finally:
+            self._peers.discard(peer)
             self._metrics.ws_connections.dec()
             # Calls still running finish (their state commits); their replies are dropped.
             if peer.tasks:
@@ -216,6 +241,8 @@ class WsTransport:
             log.exception("a WebSocket call failed outside the dispatcher")
         finally:
             peer.limit.release()
+            if self._draining and peer.tasks <= {asyncio.current_task()}:
+                self._send_away(peer)  # its last call is answered
 
     def _refuse(
         self, parsed: Request | list[Request | Response]

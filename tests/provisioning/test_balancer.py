@@ -8,9 +8,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import shutil
-import socket
-import subprocess
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,24 +17,11 @@ import pytest
 from aiohttp import web
 from websockets.asyncio.client import ClientConnection, connect
 
+from tests.nginx_server import Balancer, port_free_on
+
 from .conftest import NGINX_CHECK, TEST_SECRETS, AnsibleRunner, output_of
 
 NODES = {"a": "127.0.0.1", "b": "127.0.0.2"}
-WORKERS = 2  # nginx worker processes of the test balancer
-
-
-def _port_free_on_every_node() -> int:
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
-        try:
-            with socket.socket() as other:
-                other.bind((NODES["b"], port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no port free on both loopback addresses")
 
 
 @dataclass(frozen=True)
@@ -49,7 +33,7 @@ class Ports:
 
 @pytest.fixture(scope="module")
 def ports() -> Ports:
-    return Ports(_port_free_on_every_node(), _port_free_on_every_node(), _port_free_on_every_node())
+    return Ports(*(port_free_on(list(NODES.values())) for _ in range(3)))
 
 
 @pytest.fixture(scope="module")
@@ -73,81 +57,11 @@ def rendered_balancer(
             # Keep a refused node out only briefly, so restored nodes rejoin quickly.
             "nginx_lb_fail_timeout": "1s",
             # The stub_status server (for the exporter) on a free port, not the fixed 8081.
-            "nginx_stub_status_listen": f"127.0.0.1:{_port_free_on_every_node()}",
+            "nginx_stub_status_listen": f"127.0.0.1:{port_free_on(['127.0.0.1'])}",
         },
     )
     assert result.returncode == 0, output_of(result)
     return dest / "localhost" / "nginx-loadbalancer.conf"
-
-
-class Balancer:
-    """A real nginx master running the rendered file inside a minimal nginx.conf."""
-
-    def __init__(self, prefix: Path, include: Path) -> None:
-        self.prefix = prefix
-        self.include = include
-        self.conf = prefix / "nginx.conf"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.conf.write_text(
-            f"daemon off;\nworker_processes {WORKERS};\npid {self.prefix}/nginx.pid;\n"
-            f"error_log {self.prefix}/error.log;\nevents {{}}\n"
-            f"http {{\n  client_body_temp_path {self.prefix}/body;\n"
-            f"  proxy_temp_path {self.prefix}/proxy;\n  include {self.include};\n}}\n"
-        )
-        self.process = subprocess.Popen(
-            ["nginx", "-p", f"{self.prefix}/", "-c", str(self.conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    def workers(self) -> dict[int, str]:
-        """The master's worker processes: pid -> process title."""
-        assert self.process is not None
-        master = self.process.pid
-        try:
-            children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-        except OSError:
-            return {}
-        titles: dict[int, str] = {}
-        for child in children:
-            try:
-                title = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
-            except OSError:
-                continue
-            titles[int(child)] = title.decode(errors="replace").strip()
-        return {pid: title for pid, title in titles.items() if "worker process" in title}
-
-    def reload(self) -> None:
-        """Reload, and return once the new configuration is what accepts connections.
-
-        After ``nginx -s reload`` the old workers keep serving (and, for a moment,
-        accepting) under the old configuration; they stop accepting when they turn to
-        "worker process is shutting down", and the ones serving an open WebSocket stay
-        in that state until it closes. So wait until every old worker has turned so (or
-        left) and as many new workers run as the configuration asks for.
-        """
-        old = {pid for pid, title in self.workers().items() if "shutting down" not in title}
-        subprocess.run(
-            ["nginx", "-p", f"{self.prefix}/", "-c", str(self.conf), "-s", "reload"],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            workers = self.workers()
-            accepting = {pid for pid, title in workers.items() if "shutting down" not in title}
-            if not accepting & old and len(accepting) == WORKERS:
-                return
-            time.sleep(0.02)
-        raise AssertionError(f"nginx did not switch its workers within 30 s: {self.workers()}")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=15)
 
 
 async def _start_node(name: str, address: str, ports: Ports) -> list[web.AppRunner]:

@@ -302,3 +302,39 @@ async def test_http_answers_an_oversized_body_with_json_rpc(server: Server) -> N
     status, content_type, answer = await rpc_http(server, body)
     assert (status, content_type) == (413, "application/json")
     assert answer["jsonrpc"] == "2.0" and answer["error"]["code"] == -32600
+
+
+async def test_a_state_value_over_its_cap_is_a_state_error_naming_the_limit(
+    start_server: StartServer, scripts: Path, tmp_path: Path, redis_url: str
+) -> None:
+    # A value larger than the call's output budget used to fail as -32004 "outputs and
+    # logs exceeded" though nothing was output.
+    (scripts / "big_state.py").write_text(
+        "@actor(name='big_state')\n"
+        "async def process(context):\n"
+        "    await context.set_state('big', 'x' * context.get_input('size'))\n"
+        "    return {'ok': True}\n"
+    )
+    (scripts / "big_state_js.js").write_text(
+        "module.exports = {process: async (context) => {\n"
+        "  await context.setState('big', 'x'.repeat(context.getInput('size')));\n"
+        "  return {ok: true};\n"
+        "}};\n"
+    )
+    config = make_config(
+        scripts, tmp_path, redis_url,
+        sandbox={"max_output_bytes": 256 * 1024,
+                 "pool": {"nodejs": {"min_instances": 1, "max_instances": 1}}},
+    )  # fmt: skip
+    server = await start_server(config)
+    async with ReflowClient(ws_url(server)) as client:
+        for actor in ("big_state", "big_state_js"):
+            refused = await client.process(actor, {"size": 300_000})
+            assert refused.error is not None, actor
+            assert refused.error["data"]["kind"] == "state_error", (actor, refused.error)
+            message = refused.error["message"] + json.dumps(refused.error["data"])
+            assert "300002 bytes as JSON" in message and "sandbox.max_output_bytes" in message
+            limit = 256 * 1024 - 64 * 1024
+            assert f"more than the {limit} a state value may be" in message, message
+            # Under the cap the same call succeeds.
+            assert (await client.process(actor, {"size": 1000})).outputs == {"ok": True}, actor
