@@ -149,6 +149,30 @@ class _LanguagePool:
         self.failure: str | None = None  # why the latest start failed (None: it worked)
 
 
+async def _done_or_timeout(
+    loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], timeout: float
+) -> None:
+    """Return once ``future`` is done or after ``timeout`` seconds, never cancelling it.
+
+    ``asyncio.wait({future}, timeout=...)`` without its sets and checks: every call queued
+    for a busy actor waits here, so it is on the hot path under load. Cancellation of the
+    caller propagates, as with ``asyncio.wait``.
+    """
+    wake: asyncio.Future[None] = loop.create_future()
+
+    def done(_: object) -> None:
+        if not wake.done():
+            wake.set_result(None)
+
+    future.add_done_callback(done)
+    timer = loop.call_later(timeout, done, None)
+    try:
+        await wake
+    finally:
+        timer.cancel()
+        future.remove_done_callback(done)
+
+
 class SandboxPool:
     """Hands out sandboxes bound to actors; see the module docstring."""
 
@@ -355,13 +379,14 @@ class SandboxPool:
                 details={"reason": "queue_full", "queued": len(group.waiters)},
             )
         started = time.monotonic()
-        waiter: asyncio.Future[_Bound] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[_Bound] = loop.create_future()
         group.waiters.append(waiter)
         self._languages[actor.language].waiting[group] = None
         self._schedule_growth(actor.language)
         try:
             if not waiter.done():
-                await asyncio.wait({waiter}, timeout=settings.acquire_timeout)
+                await _done_or_timeout(loop, waiter, settings.acquire_timeout)
             if not waiter.done():
                 raise SandboxError(
                     "pool_exhausted",

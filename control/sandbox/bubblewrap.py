@@ -291,7 +291,10 @@ class BubblewrapSandbox(Sandbox):
         arrives (the runner wrote them first); they belong to the call.
         """
         self._read_capture()
-        await self._deliver_capture()
+        if self._capture_chunks or self._capture_lock.locked():
+            # Only then: the lock's acquire and release cost more than the rest of
+            # a call's capture handling, and almost every call writes nothing raw.
+            await self._deliver_capture()
 
     async def _death_report(self) -> tuple[ErrorKind, str]:
         with contextlib.suppress(TimeoutError):

@@ -73,6 +73,7 @@ class RunnerClient(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._events: deque[Event] = deque()
         self._wake: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._lost = False
         self._reading_paused = False
         self._writable: asyncio.Future[None] | None = None
@@ -293,7 +294,10 @@ class RunnerClient(asyncio.Protocol):
                 if not self._events:
                     raise SandboxError(kind, detail)
                 break
-            self._wake = asyncio.get_running_loop().create_future()
+            loop = self._loop
+            if loop is None:  # looked up once: get_running_loop() costs a getpid(2)
+                loop = self._loop = asyncio.get_running_loop()
+            self._wake = loop.create_future()
             try:
                 await self._wake
             finally:

@@ -226,13 +226,18 @@ class RedisTransaction(LockedTransaction):
             lock_timeout=store.lock_timeout,
         )
         self._store = store
-        self._lock_key = lock_key(namespace, actor_id)
-        self._token = secrets.token_hex(16)
+        # The lock's key and token are made when the lock is first needed: most calls
+        # touch no state, and the token costs a getrandom(2) system call.
+        self._lock_key = ""
+        self._token = ""
         self._attempted = False
         self._refresher: asyncio.Task[None] | None = None
 
     async def _acquire_shared(self, deadline: float) -> bool:
         store = self._store
+        if not self._token:
+            self._lock_key = lock_key(self.namespace, self.actor_id)
+            self._token = secrets.token_hex(16)
         attempt = 0
         while True:
             store.guard(f"lock actor {self.actor_label}")
