@@ -11,16 +11,16 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
 from .config import Language
 from .jsonrpc import Dispatcher, RpcError
 from .metrics import Metrics
 from .pool import SandboxPool
-from .registry import ActorInfo, ActorRegistry, RegistryError
-from .sandbox.base import JSON, CallContext, EventSink, SandboxError
+from .registry import LANGUAGE_NAMES, ActorInfo, ActorRegistry, RegistryError, language_named
+from .sandbox.base import JSON, ActorSource, CallContext, EventSink, SandboxError
 from .state.base import StateStore, StateTransaction
 
 ACTOR_NOT_FOUND = -32010
@@ -29,11 +29,22 @@ Push = Callable[[str, JSON], Awaitable[None]]
 """Sends one notification (method, params) to the caller, in order."""
 
 
+class FunctionTarget(Protocol):
+    """A connection bound to one deployed function (``<ws base>/<function_id>``)."""
+
+    async def resolve(self) -> tuple[ActorSource, float]:
+        """The function's code and its call time limit (seconds); ``RpcError`` when it
+        cannot run. Called once per call, in arrival order."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class CallScope:
-    """What the transport offers a call: a push channel, or None to collect outputs."""
+    """What the transport offers a call: a push channel (or None to collect outputs),
+    and the deployed function every ``process`` runs (or None: ``actor_id`` decides)."""
 
     push: Push | None = None
+    function: FunctionTarget | None = None
 
 
 # -- params -------------------------------------------------------------------------------
@@ -66,6 +77,17 @@ class LoadParams(_Params):
     language: Language | None = None
     name: StrictStr | None = Field(None, min_length=1)
     namespace: StrictStr = Field("default", min_length=1)
+
+    @field_validator("language", mode="before")
+    @classmethod
+    def _language_alias(cls, value: object) -> object:
+        """``js``/``node``/``javascript``/``py``/``python3`` name the two languages too."""
+        if value is None:
+            return None
+        language = language_named(value)
+        if language is None:
+            raise ValueError(f"unsupported language {value!r} (allowed: {LANGUAGE_NAMES})")
+        return language
 
 
 class ListParams(_Params):
@@ -205,11 +227,19 @@ class Api:
 
         Nothing is awaited before ``pool.execute`` queues the call: transports start
         one task per frame in arrival order, so calls of one actor reach the pool's
-        FIFO queue in the order they were sent.
+        FIFO queue in the order they were sent. On a function connection
+        (``scope.function``) every call runs that function whatever ``actor_id`` says,
+        within the function's own time limit; its lookup keeps the order itself.
         """
         state_ref = params.state
-        actor = self._resolve(params.actor_id, state_ref.namespace if state_ref else None)
-        source = actor.source
+        limit: float | None = None
+        if scope.function is not None:
+            # Nothing else is awaited before the pool: resolve() keeps arrival order.
+            source, limit = await scope.function.resolve()
+        else:
+            source = self._resolve(
+                params.actor_id, state_ref.namespace if state_ref else None
+            ).source
         namespace = (state_ref.namespace if state_ref else None) or source.namespace
         state_actor = (state_ref.actor_id if state_ref else None) or params.actor_id
         context = CallContext(
@@ -229,7 +259,7 @@ class Api:
         started = time.perf_counter()
         try:
             outputs = await self._pool.execute(
-                source, context, _CountedState(tx, self._metrics), sink
+                source, context, _CountedState(tx, self._metrics), sink, timeout=limit
             )
             if tx.touched:
                 self._metrics.state_operation("commit")
@@ -281,7 +311,11 @@ class Api:
         return {"success": True, "actor": info.source.name, "namespace": info.source.namespace}
 
     async def list(self, params: ListParams, scope: CallScope) -> JSON:
-        return {"actors": self._registry.names()}
+        """The actors, and (``problems``) every script refused at discovery, with why."""
+        result: dict[str, JSON] = {"actors": self._registry.names()}
+        if self._registry.problems:
+            result["problems"] = list(self._registry.problems)
+        return result
 
     async def unload(self, params: UnloadParams, scope: CallScope) -> JSON:
         """Forget an actor and throw away its sandboxes."""

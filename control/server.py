@@ -14,6 +14,8 @@ import signal
 from types import TracebackType
 
 from .config import LANGUAGES, Config
+from .functions.http_api import FunctionRoutes
+from .functions.setup import build_function_service
 from .jsonrpc import Dispatcher
 from .methods import Api, CallScope
 from .metrics import Metrics
@@ -57,13 +59,17 @@ class Server:
         self.dispatcher: Dispatcher[CallScope] = Dispatcher(self.metrics.rpc_answered)
         Api(self.registry, self.store, self.pool, self.metrics).register(self.dispatcher)
         auth = TokenAuth(config.auth.tokens)
-        self._ws = WsTransport(config, self.dispatcher, auth, self.metrics)
+        self.functions = build_function_service(config, self.store, self.pool, self.metrics)
+        self._ws = WsTransport(
+            config, self.dispatcher, auth, self.metrics, functions=self.functions.binding
+        )
         self._http = HttpTransport(
             self.dispatcher,
             auth,
             self.not_ready_reasons,
             max_body=config.server.max_message_size,
             shutdown_timeout=config.server.drain_timeout,
+            routes=FunctionRoutes(self.functions, auth, config.functions.max_code_bytes).routes(),
         )
         self._metrics_endpoint = (
             MetricsEndpoint(self.metrics) if config.server.metrics_port else None
@@ -99,6 +105,7 @@ class Server:
         if unenforced:
             log.warning("NOT enforced on this host: %s", ", ".join(unenforced))
         await self.pool.start()
+        await self.functions.start()
         host = server.host
         await self._http.start(host, 0 if self._ephemeral else server.http_port)
         await self._ws.start(host, 0 if self._ephemeral else server.ws_port)
@@ -123,6 +130,8 @@ class Server:
                 for language in LANGUAGES
             )
             reasons.append(f"the sandbox pool has not warmed yet (min_instances: {wanted})")
+        for language, failure in self.pool.start_failures().items():
+            reasons.append(f"{language} sandboxes cannot be started: {failure}")
         problem = await self.store.health()
         if problem is not None:
             reasons.append(f"state store: {problem}")
@@ -136,13 +145,18 @@ class Server:
         timeout = self.config.server.drain_timeout
         self._ws.stop_accepting()
         self._http.stop_accepting()
-        drained, _ = await asyncio.gather(self.dispatcher.wait_idle(timeout), self._http.close())
+        self.functions.stop_accepting()
+        # HTTP stays up while calls drain: /ready says 503, a deploy or an HTTP call is
+        # refused with a JSON answer (503: nothing was done, a balancer retries elsewhere).
+        drained = await self.dispatcher.wait_idle(timeout)
+        await self._http.close()
         if not drained:
             log.warning(
                 "%d calls still running after the %.1f s drain timeout: killing their sandboxes",
                 self.dispatcher.in_flight,
                 timeout,
             )
+        await self.functions.close()
         await self.pool.close()  # kills every sandbox; calls still running fail
         await self._ws.close()
         await self.store.close()

@@ -10,7 +10,7 @@ nothing of WebSockets or Redis.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -63,6 +63,9 @@ class ActorSource:
     language: Language
     source: str
     filename: str = "<actor>"
+    package_dirs: tuple[str, ...] = ()
+    """Host folders of this actor's own dependencies, mounted read-only into its
+    sandboxes (on top of ``sandbox.package_dirs``); its sandboxes are started for it."""
 
     @property
     def key(self) -> str:
@@ -110,7 +113,17 @@ class Sandbox(abc.ABC):
     @property
     @abc.abstractmethod
     def alive(self) -> bool:
-        """False once the runner has exited or was killed."""
+        """False once the runner has exited or was killed, or must not serve another call."""
+
+    @property
+    def retire_reason(self) -> str | None:
+        """Why the sandbox may not serve another call (None while :attr:`alive`): for
+        example an uncaught exception outside a call, or a call that left processes."""
+        return None if self.alive else "crashed"
+
+    def take_stray_frames(self) -> int:
+        """Frames dropped because they arrived outside their call, since the last take."""
+        return 0
 
     @abc.abstractmethod
     async def load(self, actor: ActorSource) -> Mapping[str, JSON]:
@@ -150,8 +163,12 @@ class Backend(abc.ABC):
         """Check prerequisites and clean up leftovers; raise ``SandboxError('unavailable')``."""
 
     @abc.abstractmethod
-    async def spawn(self, language: Language) -> Sandbox:
-        """Start a fresh, empty (not yet loaded) sandbox whose runner is ready."""
+    async def spawn(self, language: Language, *, package_dirs: Sequence[str] = ()) -> Sandbox:
+        """Start a fresh, empty (not yet loaded) sandbox whose runner is ready.
+
+        ``package_dirs``: host folders mounted read-only in it, besides the configured
+        ``sandbox.package_dirs``, and put on the runner's module path.
+        """
 
     @abc.abstractmethod
     def enforced_limits(self) -> list[EnforcedLimit]:

@@ -5,7 +5,10 @@ Each sandbox is a container started with no network, a read-only root, a size-ca
 profile, an unprivileged user, and pids/memory(+swap)/CPU limits (:mod:`.docker_engine`).
 The runner inside speaks the same frames as under bubblewrap, over the container's own
 stdin/stdout attached through the engine (:mod:`.docker_attach`): no bind mounts, so the
-images also serve a control plane that itself runs in a container. The engine may deliver a
+images also serve a control plane that itself runs in a container. The one exception is
+package folders (``sandbox.package_dirs`` and a deployed function's dependencies), bound
+read-only at the same path: they are paths on the engine's host, so a control plane in a
+container must see them at that same path (docker-compose.yml does). The engine may deliver a
 script's raw fd 1/2 bytes (container stderr) after the call's result (container stdout), so
 the runners are started with ``--end-marker`` and a call ends once its marker has come
 through stderr, with everything before it delivered as the call's logs.
@@ -21,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..config import LANGUAGES, Language, SandboxConfig
@@ -84,35 +87,36 @@ class DockerSandbox(Sandbox):
         self._marker_seen = 0
         self._marker_arrived = asyncio.Event()
         self._call_deadline = 0.0
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._transport: asyncio.BaseTransport | None = None
         self._runner: RunnerClient | None = None
         self._closed = False
         self._close_lock = asyncio.Lock()
 
     async def connect(self) -> None:
         """Open the attached streams and wait for the runner's ``ready``."""
-        reader, writer = await open_attached_streams(self._launched.sock, on_stderr=self._stderr)
-        self._reader, self._writer = reader, writer
-        self._runner = RunnerClient(
-            reader,
-            writer,
+        runner = self._runner = RunnerClient(
             max_output_bytes=self._backend.settings.max_output_bytes,
             death_report=self._death_report,
             flush_side_channel=self._await_end_marker,
             label=f"the {self.language} runner in container {self.container_id[:12]}",
         )
-        await self._runner.wait_ready(READY_TIMEOUT)
+        self._transport = await open_attached_streams(
+            self._launched.sock, runner, on_stderr=self._stderr
+        )
+        await runner.wait_ready(READY_TIMEOUT)
 
     @property
     def alive(self) -> bool:
-        return (
-            not self._closed
-            and self._runner is not None
-            and not self._runner.broken
-            and self._reader is not None
-            and not self._reader.at_eof()
-        )
+        return not self._closed and self._runner is not None and self._runner.retire_reason is None
+
+    @property
+    def retire_reason(self) -> str | None:
+        if self._closed or self._runner is None:
+            return "crashed"
+        return self._runner.retire_reason
+
+    def take_stray_frames(self) -> int:
+        return self._runner.take_stray_frames() if self._runner is not None else 0
 
     def _client(self) -> RunnerClient:
         if self._runner is None or self._closed:
@@ -210,8 +214,8 @@ class DockerSandbox(Sandbox):
                 return
             self._closed = True
             self._backend.forget(self)
-            if self._writer is not None:
-                self._writer.close()
+            if self._transport is not None:
+                self._transport.close()
             else:
                 self._launched.sock.close()
             await asyncio.to_thread(engine.remove, self._backend.client, self.container_id)
@@ -251,7 +255,7 @@ class DockerBackend(Backend):
             log.info("removed %d containers of dead control planes", len(self.reaped))
         self._client = client
 
-    async def spawn(self, language: Language) -> DockerSandbox:
+    async def spawn(self, language: Language, *, package_dirs: Sequence[str] = ()) -> DockerSandbox:
         name = f"reflow-sandbox-{language}-{uuid.uuid4().hex[:12]}"
         launched = await asyncio.to_thread(
             engine.launch,
@@ -261,6 +265,7 @@ class DockerBackend(Backend):
             RUNNER_COMMANDS[language],
             self.owner.labels(),
             name,
+            [*self.settings.package_dirs, *package_dirs],
         )
         sandbox = DockerSandbox(self, language, launched)
         self._sandboxes.add(sandbox)

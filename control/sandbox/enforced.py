@@ -33,6 +33,8 @@ LIMITS = ("memory", "cpu", "processes", "open_files", "file_size")
 CGROUP_LIMITS = ("memory", "cpu", "processes")
 """The limits only a cgroup gives fully; without one, ``allow_rlimits_only`` is needed."""
 NONE = "none"
+MECHANISMS = ("cgroup_v1", "cgroup_v2", "rlimit", "docker", NONE)
+"""Every value the ``mechanism`` label of the gauge can take."""
 
 
 @dataclass(frozen=True)

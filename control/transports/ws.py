@@ -11,6 +11,9 @@ Framing rules, all from Reflow's client contract:
 * Calls on one connection run concurrently, one task per frame (bounded per
   connection); responses go out when ready. A call's ``output`` pushes are sent, in
   order, before its response.
+* Draining (:meth:`WsTransport.stop_accepting`): no new connections; each open one is
+  closed (1001) once it has no call running, so that Reflow's lazy reconnect takes
+  its next call through the balancer to another node.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Callable
 from http import HTTPStatus
 
 import zstandard
@@ -30,13 +34,18 @@ from websockets.http11 import Response as HttpResponse
 from .. import jsonrpc
 from ..compression import CompressionError, DecompressedTooLarge, is_zstd, zstd_decompress
 from ..config import Config
+from ..functions.routes import function_route, malformed_function_path
 from ..jsonrpc import Dispatcher, Request, Response
-from ..methods import CallScope
+from ..methods import CallScope, FunctionTarget
 from ..metrics import Metrics
 from ..sandbox.base import JSON
 from .auth import TokenAuth, query_param
 
 log = logging.getLogger(__name__)
+# The websockets library logs every request line at DEBUG, and a path may carry a
+# token (?token=, or before a function id): its logger stays at WARNING and above.
+_PROTOCOL_LOG = logging.getLogger(__name__ + ".protocol")
+_PROTOCOL_LOG.setLevel(logging.WARNING)
 
 MAX_CALLS_PER_CONNECTION = 256
 """Calls one connection may have running at once; reading pauses beyond that."""
@@ -70,8 +79,10 @@ class WsTransport:
         dispatcher: Dispatcher[CallScope],
         auth: TokenAuth,
         metrics: Metrics,
+        functions: Callable[[str], FunctionTarget] | None = None,
     ) -> None:
         self._dispatcher = dispatcher
+        self._functions = functions  # binds <ws base>/<function_id> connections
         self._auth = auth
         self._metrics = metrics
         self._max_size = config.server.max_message_size
@@ -80,6 +91,8 @@ class WsTransport:
         self._compressor = zstandard.ZstdCompressor(level=config.compression.level)
         self._server: Server | None = None
         self._draining = False
+        self._peers: set[_Peer] = set()
+        self._leaving: set[asyncio.Task[None]] = set()
         self.port = 0
 
     async def start(self, host: str, port: int) -> int:
@@ -92,15 +105,26 @@ class WsTransport:
             max_size=self._max_size,
             compression="deflate",
             server_header=None,
+            logger=_PROTOCOL_LOG,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
     def stop_accepting(self) -> None:
-        """Refuse new connections and new calls; running calls go on."""
+        """Refuse new connections and new calls; running calls go on. A connection is
+        closed (1001) as soon as it has no call running, so that a client's next call
+        reconnects, through the balancer, to another node."""
         self._draining = True
         if self._server is not None:
             self._server.close(close_connections=False)
+        for peer in list(self._peers):
+            if not peer.tasks:
+                self._send_away(peer)
+
+    def _send_away(self, peer: _Peer) -> None:
+        task = asyncio.ensure_future(peer.conn.close(CloseCode.GOING_AWAY, "server draining"))
+        self._leaving.add(task)
+        task.add_done_callback(self._leaving.discard)
 
     async def close(self) -> None:
         """Close every connection (1001 going away) and wait for the handlers."""
@@ -119,22 +143,39 @@ class WsTransport:
     # -- handshake ------------------------------------------------------------------------
 
     def _check_auth(self, conn: ServerConnection, request: HttpRequest) -> HttpResponse | None:
-        if self._auth.allows_request(request.headers, request.path):
-            return None
-        return conn.respond(HTTPStatus.UNAUTHORIZED, "missing or invalid token\n")
+        functions = self._functions is not None
+        route = function_route(request.path) if functions else None
+        malformed = malformed_function_path(request.path) if functions else None
+        allowed = (
+            self._auth.allows_request(request.headers, request.path)
+            # a token in the path before the function id (or before a malformed one)
+            or (route is not None and self._auth.allows(route.path_token))
+            or (malformed is not None and self._auth.allows(malformed.path_token))
+        )
+        if not allowed:
+            return conn.respond(HTTPStatus.UNAUTHORIZED, "missing or invalid token\n")
+        if malformed is not None:
+            return conn.respond(HTTPStatus.NOT_FOUND, malformed.reason + "\n")
+        return None
 
     # -- one connection -------------------------------------------------------------------
 
     async def _handle(self, conn: ServerConnection) -> None:
         path = conn.request.path if conn.request is not None else ""
         peer = _Peer(conn, zstd=query_param(path, "compression") == "zstd")
-        peer.scope = CallScope(push=functools.partial(self._notify, peer))
+        route = function_route(path) if self._functions is not None else None
+        peer.scope = CallScope(
+            push=functools.partial(self._notify, peer),
+            function=self._functions(route.function_id) if self._functions and route else None,
+        )
         self._metrics.ws_connections.inc()
+        self._peers.add(peer)
         try:
             await self._read_loop(peer)
         except ConnectionClosed:
             pass
         finally:
+            self._peers.discard(peer)
             self._metrics.ws_connections.dec()
             # Calls still running finish (their state commits); their replies are dropped.
             if peer.tasks:
@@ -158,7 +199,11 @@ class WsTransport:
                     continue
             else:
                 text = message
-            parsed = jsonrpc.parse(text)
+            try:
+                parsed = jsonrpc.parse(text)
+            except Exception:  # parse promises not to raise; the connection outlives a bug
+                log.exception("parsing a WebSocket message failed")
+                parsed = jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, "internal error")
             if isinstance(parsed, dict):
                 self._reject(peer, parsed)
                 continue
@@ -196,6 +241,8 @@ class WsTransport:
             log.exception("a WebSocket call failed outside the dispatcher")
         finally:
             peer.limit.release()
+            if self._draining and peer.tasks <= {asyncio.current_task()}:
+                self._send_away(peer)  # its last call is answered
 
     def _refuse(
         self, parsed: Request | list[Request | Response]
@@ -219,17 +266,15 @@ class WsTransport:
 
     async def _send(self, peer: _Peer, message: Response | list[Response]) -> None:
         """Text, or a binary zstd frame for an opted-in peer when the JSON is large."""
-        text = jsonrpc.encode(message)
+        data = jsonrpc.encode_bytes(message)
+        if data is None:
+            return
         try:
-            # A str of n characters is at most 4n bytes of UTF-8: most small replies
-            # skip the encode.
-            if peer.zstd and self._threshold is not None and 4 * len(text) > self._threshold:
-                data = text.encode("utf-8")
-                if len(data) > self._threshold:
-                    compressed = self._compressor.compress(data)
-                    self._metrics.compressed(len(data), len(compressed))
-                    await peer.conn.send(compressed)
-                    return
-            await peer.conn.send(text)
+            if peer.zstd and self._threshold is not None and len(data) > self._threshold:
+                compressed = self._compressor.compress(data)
+                self._metrics.compressed(len(data), len(compressed))
+                await peer.conn.send(compressed)
+                return
+            await peer.conn.send(data, text=True)  # already UTF-8: sent as a text frame
         except ConnectionClosed:
             pass  # the client left; nobody is waiting for this reply

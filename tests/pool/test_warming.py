@@ -9,6 +9,7 @@ start timeout cannot be caused on demand), as said in each test.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from reflow_microsandbox.config import Language
@@ -34,14 +35,14 @@ class CountingBackend(Backend):
     async def start(self) -> None:
         await self.inner.start()
 
-    async def spawn(self, language: Language) -> Sandbox:
+    async def spawn(self, language: Language, *, package_dirs: Sequence[str] = ()) -> Sandbox:
         self.starting += 1
         self.most_at_once = max(self.most_at_once, self.starting)
         try:
             if self.failures > 0:
                 self.failures -= 1
                 raise SandboxError("unavailable", "did not start within 15 s (injected)")
-            return await self.inner.spawn(language)
+            return await self.inner.spawn(language, package_dirs=package_dirs)
         finally:
             self.starting -= 1
 
