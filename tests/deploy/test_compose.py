@@ -74,7 +74,7 @@ def _remove_sandboxes_of(hosts: list[str]) -> None:
 
 
 @pytest.fixture
-def stack() -> Iterator[Stack]:
+def stack(deploy_locked: None) -> Iterator[Stack]:
     require_engine()
     run_script("scripts/build-images.sh")
     run_script("scripts/build-control-plane-image.sh")

@@ -43,7 +43,7 @@ def _remove_leftovers(suffix: str) -> None:
 
 @pytest.mark.timeout(1800)
 def test_molecule_cluster_converges_idempotently_and_serves_reflow_through_the_balancer(
-    tmp_path: Path,
+    deploy_locked: None, tmp_path: Path,
 ) -> None:
     require_engine()
     run_script("scripts/build-host-image.sh")
