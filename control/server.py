@@ -3,6 +3,8 @@
 :class:`Server` starts everything in that order and stops it in reverse, draining
 first: new connections and calls are refused, running calls get up to
 ``server.drain_timeout`` to finish, then every sandbox is killed and the store closed.
+WebSocket connections are drained one by one, each closed as soon as its client waits for
+nothing (transports/ws.py), so Reflow reconnects through the balancer to another node.
 Use it as ``async with Server(config) as server:``, or ``start()`` / ``stop()``.
 """
 
@@ -127,9 +129,17 @@ class Server:
             return
         self._stopped = True
         timeout = self.config.server.drain_timeout
+        deadline = asyncio.get_running_loop().time() + timeout
         self._ws.stop_accepting()
         self._http.stop_accepting()
-        drained, _ = await asyncio.gather(self.dispatcher.wait_idle(timeout), self._http.close())
+        connections_closed, _ = await asyncio.gather(self._ws.drain(timeout), self._http.close())
+        if not connections_closed:
+            log.warning(
+                "WebSocket connections still open after the %.1f s drain timeout: closing them",
+                timeout,
+            )
+        remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+        drained = await self.dispatcher.wait_idle(remaining)
         if not drained:
             log.warning(
                 "%d calls still running after the %.1f s drain timeout: killing their sandboxes",
