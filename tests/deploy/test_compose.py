@@ -82,6 +82,8 @@ def stack(deploy_locked: None) -> Iterator[Stack]:
     env.update(
         REDIS_PASSWORD=secrets.token_hex(16),
         MICROSANDBOX_LB_PORT=str(free_port()),
+        MICROSANDBOX_HTTP_PORT=str(free_port()),
+        MICROSANDBOX_WS_PORT=str(free_port()),
         PROMETHEUS_PORT=str(free_port()),
     )
     stack = Stack(
