@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import yaml
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import REPO_ROOT
@@ -307,3 +308,39 @@ def test_swarm_stack_deploys_scales_rolls_without_losing_a_call_and_leaves_nothi
     assert sorted(volumes) == [f"{STACK}_prometheus-data", f"{STACK}_redis-data"]
     print(f"\nswarm: deploy {deployed:.0f} s, scale 2->4 {scaled:.0f} s, rolling update of 4 "
           f"{rolled:.0f} s with {len(outcomes)} calls all answered, stack rm {removed:.0f} s")
+
+
+def test_the_stack_file_agrees_with_the_configs_it_serves() -> None:
+    """Static checks, no engine: what the swarm test relies on, stated against the
+    rendered configs (so a changed port or drain timeout cannot silently break it)."""
+    stack = yaml.safe_load((REPO_ROOT / "docker-stack.yml").read_text())
+    config = yaml.safe_load((REPO_ROOT / "compose" / "microsandbox.yaml").read_text())
+    server = config["server"]
+    services = stack["services"]
+    for name, service in services.items():
+        assert service["deploy"]["endpoint_mode"] == "dnsrr", name  # no IPVS needed
+        for port in service.get("ports", []):
+            assert port["mode"] == "${MSBX_PUBLISH_MODE:-host}", name
+    sandbox = services["microsandbox"]
+    grace = sandbox["stop_grace_period"]
+    assert grace.endswith("s") and int(grace[:-1]) > server["drain_timeout"]
+    assert sandbox["deploy"]["update_config"]["order"] == "start-first"
+    assert sandbox["deploy"]["rollback_config"]["order"] == "start-first"
+    assert f"http://127.0.0.1:{server['http_port']}/ready" in " ".join(
+        sandbox["healthcheck"]["test"])
+    assert "/etc/microsandbox/microsandbox.yaml" in sandbox["entrypoint"][-1]
+    assert "@redis:6379/0" in sandbox["entrypoint"][-1]
+    nginx = services["nginx"]
+    assert nginx["command"] == ["nginx-upstream-sync"]
+    assert int(nginx["environment"]["MSBX_READY_PORT"]) == server["http_port"]
+    assert nginx["environment"]["MSBX_UPSTREAM_DNS"] == "tasks.microsandbox"
+    nginx_conf = (REPO_ROOT / "compose" / "nginx-loadbalancer.conf").read_text()
+    assert f"# node={nginx['environment']['MSBX_UPSTREAM_NODE']}" in nginx_conf
+    assert "listen 8080;" in nginx_conf and nginx["ports"][0]["target"] == 8080
+    prometheus = yaml.safe_load((REPO_ROOT / "compose" / "prometheus.yml").read_text())
+    (job,) = [j for j in prometheus["scrape_configs"] if j["job_name"] == "microsandbox"]
+    assert job["dns_sd_configs"][0]["names"] == ["microsandbox"]  # dnsrr: every task
+    assert job["dns_sd_configs"][0]["port"] == server["metrics_port"]
+    for entry in stack["configs"].values():
+        path = entry["file"].replace("${MICROSANDBOX_ACTORS_DIR:-./examples}", "./examples")
+        assert (REPO_ROOT / path).is_file(), path
