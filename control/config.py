@@ -122,6 +122,30 @@ class ScriptsConfig(_Section):
     allow_inline: bool = False
 
 
+class FunctionsConfig(_Section):
+    """Reflow's deploy-then-call API: ``/api/v1/functions`` and ``<ws base>/<function_id>``."""
+
+    # Deployed functions held at once, cluster-wide (deploys beyond it are refused).
+    max_functions: int = Field(1000, ge=1, le=1_000_000)
+    # Largest accepted script, in bytes of UTF-8.
+    max_code_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    # Seconds a function may go without a deploy or a call before it is removed.
+    idle_timeout: float = Field(86400.0, gt=0)
+    # Seconds a deploy waits for its dependencies before it answers with state "deploying".
+    install_wait: float = Field(20.0, ge=0, le=3600)
+    # Seconds one pip or npm run may take before it is killed and the install fails.
+    install_timeout: float = Field(300.0, gt=0, le=3600)
+    # false refuses every deploy that names dependencies (the node then reaches no registry).
+    allow_dependencies: bool = True
+    max_dependencies: int = Field(32, ge=0, le=1000)
+    # Node-local cache of installed dependency sets; sandboxes must be able to read it.
+    dependency_cache: str = "./microsandbox-functions"
+    # pip's --index-url for Python dependencies (null: pip's own configuration, else PyPI).
+    pip_index_url: str | None = None
+    # npm's --registry for Node dependencies (null: npm's own configuration, else npmjs.org).
+    npm_registry: str | None = None
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     json_format: bool = False
@@ -135,6 +159,7 @@ class Config(_Section):
     redis: RedisConfig = Field(default_factory=RedisConfig)
     state: StateConfig = Field(default_factory=StateConfig)
     scripts: ScriptsConfig = Field(default_factory=ScriptsConfig)
+    functions: FunctionsConfig = Field(default_factory=FunctionsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="after")
@@ -277,4 +302,7 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] | None = Non
         str((base_dir / folder).resolve()) for folder in config.scripts.folders
     ]
     config.state.sqlite_path = str((base_dir / config.state.sqlite_path).resolve())
+    config.functions.dependency_cache = str(
+        (base_dir / config.functions.dependency_cache).resolve()
+    )
     return config

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
@@ -20,7 +20,7 @@ from .jsonrpc import Dispatcher, RpcError
 from .metrics import Metrics
 from .pool import SandboxPool
 from .registry import ActorInfo, ActorRegistry, RegistryError
-from .sandbox.base import JSON, CallContext, EventSink, SandboxError
+from .sandbox.base import JSON, ActorSource, CallContext, EventSink, SandboxError
 from .state.base import StateStore, StateTransaction
 
 ACTOR_NOT_FOUND = -32010
@@ -29,11 +29,22 @@ Push = Callable[[str, JSON], Awaitable[None]]
 """Sends one notification (method, params) to the caller, in order."""
 
 
+class FunctionTarget(Protocol):
+    """A connection bound to one deployed function (``<ws base>/<function_id>``)."""
+
+    async def resolve(self) -> tuple[ActorSource, float]:
+        """The function's code and its call time limit (seconds); ``RpcError`` when it
+        cannot run. Called once per call, in arrival order."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class CallScope:
-    """What the transport offers a call: a push channel, or None to collect outputs."""
+    """What the transport offers a call: a push channel (or None to collect outputs),
+    and the deployed function every ``process`` runs (or None: ``actor_id`` decides)."""
 
     push: Push | None = None
+    function: FunctionTarget | None = None
 
 
 # -- params -------------------------------------------------------------------------------
@@ -205,11 +216,19 @@ class Api:
 
         Nothing is awaited before ``pool.execute`` queues the call: transports start
         one task per frame in arrival order, so calls of one actor reach the pool's
-        FIFO queue in the order they were sent.
+        FIFO queue in the order they were sent. On a function connection
+        (``scope.function``) every call runs that function whatever ``actor_id`` says,
+        within the function's own time limit; its lookup keeps the order itself.
         """
         state_ref = params.state
-        actor = self._resolve(params.actor_id, state_ref.namespace if state_ref else None)
-        source = actor.source
+        limit: float | None = None
+        if scope.function is not None:
+            # Nothing else is awaited before the pool: resolve() keeps arrival order.
+            source, limit = await scope.function.resolve()
+        else:
+            source = self._resolve(
+                params.actor_id, state_ref.namespace if state_ref else None
+            ).source
         namespace = (state_ref.namespace if state_ref else None) or source.namespace
         state_actor = (state_ref.actor_id if state_ref else None) or params.actor_id
         context = CallContext(
@@ -229,7 +248,7 @@ class Api:
         started = time.perf_counter()
         try:
             outputs = await self._pool.execute(
-                source, context, _CountedState(tx, self._metrics), sink
+                source, context, _CountedState(tx, self._metrics), sink, timeout=limit
             )
             if tx.touched:
                 self._metrics.state_operation("commit")

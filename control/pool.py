@@ -195,13 +195,19 @@ class SandboxPool:
         context: CallContext,
         state: StateHandler,
         events: EventSink,
+        *,
+        timeout: float | None = None,
     ) -> dict[str, JSON]:
-        """Run one call of ``actor`` in a sandbox bound to it; raises :class:`SandboxError`."""
+        """Run one call of ``actor`` in a sandbox bound to it; raises :class:`SandboxError`.
+
+        ``timeout`` (seconds) shortens the call's limit below ``sandbox.call_timeout``.
+        """
         member = await self._acquire(actor)
+        limit = self._settings.call_timeout
+        if timeout is not None:
+            limit = min(limit, timeout)
         try:
-            outputs = await member.sandbox.call(
-                context, state, events, timeout=self._settings.call_timeout
-            )
+            outputs = await member.sandbox.call(context, state, events, timeout=limit)
         except SandboxError as error:
             if error.destroys_sandbox or not member.sandbox.alive:
                 member.discard_reason = error.kind
@@ -346,7 +352,7 @@ class SandboxPool:
         actor = group.actor
         group.growing += 1
         try:
-            sandbox = await self._take_sandbox(actor.language)
+            sandbox = await self._take_sandbox(actor.language, actor.package_dirs)
             if sandbox is None:
                 group.growing -= 1
                 return
@@ -378,12 +384,15 @@ class SandboxPool:
         group.members.append(member)
         self._hand_over(member)
 
-    async def _take_sandbox(self, language: Language) -> Sandbox | None:
+    async def _take_sandbox(
+        self, language: Language, package_dirs: tuple[str, ...] = ()
+    ) -> Sandbox | None:
         """A ready, unloaded sandbox: a warm one, a new one, or a new one in place of an
-        evicted idle one; None when the language is at capacity with nothing to evict."""
+        evicted idle one; None when the language is at capacity with nothing to evict.
+        An actor with ``package_dirs`` of its own always gets a new one that mounts them."""
         pool = self._languages[language]
         while True:
-            while pool.warm:
+            while pool.warm and not package_dirs:
                 sandbox = pool.warm.popleft()
                 self._refill(language)
                 if sandbox.alive:
@@ -391,6 +400,11 @@ class SandboxPool:
                 self._spawn_task(self._kill(language, sandbox, "crashed"))
             if pool.count < self._max(language):
                 break
+            if package_dirs and pool.warm:
+                # A warm sandbox cannot serve this actor: its slot is taken over (killed
+                # first, so that the hard cap holds).
+                await self._kill(language, pool.warm.popleft(), "evicted", counted=False)
+                return await self._spawn_in_slot(language, package_dirs)
             victim = self._evictable(language)
             if victim is None:
                 return None
@@ -398,16 +412,24 @@ class SandboxPool:
             # Wait for the kill so that the hard cap holds, then look again.
             await self._kill(language, victim.sandbox, "evicted")
         pool.count += 1
+        return await self._spawn_in_slot(language, package_dirs)
+
+    async def _spawn_in_slot(self, language: Language, package_dirs: tuple[str, ...]) -> Sandbox:
+        """Spawn into a slot already counted; the slot is given back if the spawn fails."""
+        pool = self._languages[language]
         try:
-            return await self._spawn(language)
+            return await self._spawn(language, package_dirs)
         except BaseException:
             pool.count -= 1
             pool.notify()
             raise
 
-    async def _spawn(self, language: Language) -> Sandbox:
+    async def _spawn(self, language: Language, package_dirs: tuple[str, ...] = ()) -> Sandbox:
         started = time.monotonic()
-        sandbox = await self._backend.spawn(language)
+        if package_dirs:
+            sandbox = await self._backend.spawn(language, package_dirs=package_dirs)
+        else:
+            sandbox = await self._backend.spawn(language)
         self._observer.sandbox_started(language, time.monotonic() - started)
         return sandbox
 

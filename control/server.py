@@ -16,6 +16,8 @@ import signal
 from types import TracebackType
 
 from .config import LANGUAGES, Config
+from .functions.http_api import FunctionRoutes
+from .functions.setup import build_function_service
 from .jsonrpc import Dispatcher
 from .methods import Api, CallScope
 from .metrics import Metrics
@@ -58,13 +60,17 @@ class Server:
         self.dispatcher: Dispatcher[CallScope] = Dispatcher(self.metrics.rpc_answered)
         Api(self.registry, self.store, self.pool, self.metrics).register(self.dispatcher)
         auth = TokenAuth(config.auth.tokens)
-        self._ws = WsTransport(config, self.dispatcher, auth, self.metrics)
+        self.functions = build_function_service(config, self.store, self.pool, self.metrics)
+        self._ws = WsTransport(
+            config, self.dispatcher, auth, self.metrics, functions=self.functions.binding
+        )
         self._http = HttpTransport(
             self.dispatcher,
             auth,
             self.not_ready_reasons,
             max_body=config.server.max_message_size,
             shutdown_timeout=config.server.drain_timeout,
+            routes=FunctionRoutes(self.functions, auth, config.functions.max_code_bytes).routes(),
         )
         self._metrics_endpoint = (
             MetricsEndpoint(self.metrics) if config.server.metrics_port else None
@@ -94,6 +100,7 @@ class Server:
         await self.store.open()
         await self.backend.start()
         await self.pool.start()
+        await self.functions.start()
         host = server.host
         await self._http.start(host, 0 if self._ephemeral else server.http_port)
         await self._ws.start(host, 0 if self._ephemeral else server.ws_port)
@@ -132,7 +139,11 @@ class Server:
         deadline = asyncio.get_running_loop().time() + timeout
         self._ws.stop_accepting()
         self._http.stop_accepting()
-        connections_closed, _ = await asyncio.gather(self._ws.drain(timeout), self._http.close())
+        self.functions.stop_accepting()
+        # HTTP stays up while calls drain: /ready says 503, a deploy or an HTTP call is
+        # refused with a JSON answer (503: nothing was done, a balancer retries elsewhere).
+        # WebSocket connections are closed one by one as their clients wait for nothing.
+        connections_closed = await self._ws.drain(timeout)
         if not connections_closed:
             log.warning(
                 "WebSocket connections still open after the %.1f s drain timeout: closing them",
@@ -140,12 +151,14 @@ class Server:
             )
         remaining = max(0.0, deadline - asyncio.get_running_loop().time())
         drained = await self.dispatcher.wait_idle(remaining)
+        await self._http.close()
         if not drained:
             log.warning(
                 "%d calls still running after the %.1f s drain timeout: killing their sandboxes",
                 self.dispatcher.in_flight,
                 timeout,
             )
+        await self.functions.close()
         await self.pool.close()  # kills every sandbox; calls still running fail
         await self._ws.close()
         await self.store.close()

@@ -12,6 +12,7 @@ APT_PACKAGES=(
   redis-server          # the state store the tests run against
   nginx-light           # the load balancer config is checked with nginx -t
   prometheus            # promtool checks the rendered scrape config and alert rules
+  prometheus-redis-exporter prometheus-nginx-exporter prometheus-node-exporter  # exporter /metrics checked in tests
   docker.io docker-compose debootstrap  # the Docker backend, images and compose stack
   iproute2 procps curl ca-certificates git
   openssl               # the TLS balancer test makes a self-signed certificate
@@ -30,6 +31,11 @@ if ((${#missing[@]})); then
 fi
 # nodejs may already be provided outside apt (/usr/bin/node): that is fine too.
 command -v node >/dev/null || { echo "setup: node not found" >&2; exit 1; }
+# npm installs deployed functions' Node dependencies (Node.js from nodesource bundles it).
+if ! command -v npm >/dev/null; then
+  echo "setup: installing npm"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null
+fi
 
 PY=/usr/bin/python3
 if [ ! -x .venv/bin/python ]; then

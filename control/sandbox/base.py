@@ -10,7 +10,7 @@ nothing of WebSockets or Redis.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -62,6 +62,9 @@ class ActorSource:
     language: Language
     source: str
     filename: str = "<actor>"
+    package_dirs: tuple[str, ...] = ()
+    """Host folders of this actor's own dependencies, mounted read-only into its
+    sandboxes (on top of ``sandbox.package_dirs``); its sandboxes are started for it."""
 
     @property
     def key(self) -> str:
@@ -149,8 +152,12 @@ class Backend(abc.ABC):
         """Check prerequisites and clean up leftovers; raise ``SandboxError('unavailable')``."""
 
     @abc.abstractmethod
-    async def spawn(self, language: Language) -> Sandbox:
-        """Start a fresh, empty (not yet loaded) sandbox whose runner is ready."""
+    async def spawn(self, language: Language, *, package_dirs: Sequence[str] = ()) -> Sandbox:
+        """Start a fresh, empty (not yet loaded) sandbox whose runner is ready.
+
+        ``package_dirs``: host folders mounted read-only in it, besides the configured
+        ``sandbox.package_dirs``, and put on the runner's module path.
+        """
 
     @abc.abstractmethod
     async def close(self) -> None:

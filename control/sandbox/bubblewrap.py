@@ -35,7 +35,7 @@ import socket
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from subprocess import Popen
 
@@ -495,7 +495,9 @@ class BubblewrapBackend(Backend):
         await asyncio.to_thread(CgroupManager.cleanup_leftovers)
         self._cgroups = CgroupManager.create()
 
-    def _argv(self, language: Language, fd: int, seccomp_fd: int) -> list[str]:
+    def _argv(
+        self, language: Language, fd: int, seccomp_fd: int, extra_dirs: Sequence[str] = ()
+    ) -> list[str]:
         assert self._layout is not None
         layout = self._layout
         settings = self.settings
@@ -522,15 +524,19 @@ class BubblewrapBackend(Backend):
         for target, alias in layout.aliases.get(language, []):
             argv += ["--symlink", target, alias]
         argv += ["--ro-bind", layout.runner_dir, RUNNER_DIR]
-        for directory in settings.package_dirs:
-            argv += ["--ro-bind-try", directory, directory]
-        if settings.package_dirs:
-            variable = "REFLOW_PACKAGE_DIRS" if language == "python" else "NODE_PATH"
-            argv += ["--setenv", variable, ":".join(settings.package_dirs)]
         argv += [
             "--proc", "/proc",
             "--dev", "/dev",
             "--size", str(settings.tmp_size_mb * 1024 * 1024), "--tmpfs", "/tmp",
+        ]  # fmt: skip
+        # After the private /tmp, so that a package folder below /tmp is not hidden by it.
+        package_dirs = [*settings.package_dirs, *extra_dirs]
+        for directory in package_dirs:
+            argv += ["--ro-bind-try", directory, directory]
+        if package_dirs:
+            variable = "REFLOW_PACKAGE_DIRS" if language == "python" else "NODE_PATH"
+            argv += ["--setenv", variable, ":".join(package_dirs)]
+        argv += [
             "--chdir", "/tmp",
             # bwrap's root and /dev are writable tmpfs mounts: freeze them, last.
             "--remount-ro", "/dev",
@@ -555,7 +561,7 @@ class BubblewrapBackend(Backend):
             ]
         return argv
 
-    async def spawn(self, language: Language) -> Sandbox:
+    async def spawn(self, language: Language, *, package_dirs: Sequence[str] = ()) -> Sandbox:
         if self._layout is None:
             raise SandboxError("unavailable", "the bubblewrap backend was not started")
         if language not in self._layout.binaries:
@@ -574,7 +580,7 @@ class BubblewrapBackend(Backend):
                 except OSError as error:
                     log.warning("sandbox %s runs without a cgroup: %s", sandbox_id, error)
             argv = prlimit_command(limits, self._prlimit)
-            argv += self._argv(language, proto_child.fileno(), seccomp_fd)
+            argv += self._argv(language, proto_child.fileno(), seccomp_fd, package_dirs)
             process = _launch(argv, capture_child.fileno(), (proto_child.fileno(), seccomp_fd), uid)
         except BaseException:
             for sock in (proto_parent, capture_parent):

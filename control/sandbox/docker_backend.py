@@ -5,7 +5,10 @@ Each sandbox is a container started with no network, a read-only root, a size-ca
 profile, an unprivileged user, and pids/memory(+swap)/CPU limits (:mod:`.docker_engine`).
 The runner inside speaks the same frames as under bubblewrap, over the container's own
 stdin/stdout attached through the engine (:mod:`.docker_attach`): no bind mounts, so the
-images also serve a control plane that itself runs in a container. The engine may deliver a
+images also serve a control plane that itself runs in a container. The one exception is
+package folders (``sandbox.package_dirs`` and a deployed function's dependencies), bound
+read-only at the same path: they are paths on the engine's host, so a control plane in a
+container must see them at that same path (docker-compose.yml does). The engine may deliver a
 script's raw fd 1/2 bytes (container stderr) after the call's result (container stdout), so
 the runners are started with ``--end-marker`` and a call ends once its marker has come
 through stderr, with everything before it delivered as the call's logs.
@@ -21,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..config import LANGUAGES, Language, SandboxConfig
@@ -249,7 +252,7 @@ class DockerBackend(Backend):
             log.info("removed %d containers of dead control planes", len(self.reaped))
         self._client = client
 
-    async def spawn(self, language: Language) -> DockerSandbox:
+    async def spawn(self, language: Language, *, package_dirs: Sequence[str] = ()) -> DockerSandbox:
         name = f"reflow-sandbox-{language}-{uuid.uuid4().hex[:12]}"
         launched = await asyncio.to_thread(
             engine.launch,
@@ -259,6 +262,7 @@ class DockerBackend(Backend):
             RUNNER_COMMANDS[language],
             self.owner.labels(),
             name,
+            [*self.settings.package_dirs, *package_dirs],
         )
         sandbox = DockerSandbox(self, language, launched)
         self._sandboxes.add(sandbox)

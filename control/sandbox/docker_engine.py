@@ -92,7 +92,7 @@ def check_image(client: Any, image: str, runner: Path) -> None:
             )
 
 
-def _host_config(client: Any, settings: SandboxConfig) -> Any:
+def _host_config(client: Any, settings: SandboxConfig, package_dirs: Sequence[str]) -> Any:
     memory = f"{settings.memory_mb}m"
     file_size = settings.max_file_size_mb * 1024 * 1024
     return client.api.create_host_config(
@@ -117,6 +117,8 @@ def _host_config(client: Any, settings: SandboxConfig) -> Any:
         # What a script writes to the container's stderr is not kept on the host's disk.
         log_config=LogConfig(type=LogConfig.types.NONE),
         ipc_mode="private",
+        # Package folders of the host (the engine's host), read-only at the same path.
+        binds={directory: {"bind": directory, "mode": "ro"} for directory in package_dirs},
     )
 
 
@@ -127,6 +129,7 @@ def launch(
     command: Sequence[str],
     labels: Mapping[str, str],
     name: str,
+    package_dirs: Sequence[str] = (),
 ) -> Launched:
     """Create a container, attach to its stdio, then start it (so no output is missed).
 
@@ -136,6 +139,10 @@ def launch(
     """
     image = image_for(settings, language)
     api = client.api
+    environment: dict[str, str] = {}
+    if package_dirs:
+        variable = "REFLOW_PACKAGE_DIRS" if language == "python" else "NODE_PATH"
+        environment[variable] = ":".join(package_dirs)
     try:
         created = api.create_container(
             image,
@@ -143,13 +150,13 @@ def launch(
             user=SANDBOX_UID,
             working_dir="/tmp",
             hostname="sandbox",
-            environment={},
+            environment=environment,
             labels={**labels, LANGUAGE: language},
             name=name,
             detach=False,
             stdin_open=True,
             tty=False,
-            host_config=_host_config(client, settings),
+            host_config=_host_config(client, settings, package_dirs),
         )
     except docker.errors.ImageNotFound:
         raise SandboxError(

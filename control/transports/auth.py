@@ -2,12 +2,18 @@
 
 Reflow's client cannot set headers, so a WebSocket client may present its token in
 the query string (``?token=...``) as well as in ``Authorization: Bearer ...``; HTTP
-clients use the header. Tokens are compared in constant time against every
-configured token, so neither timing nor the order of the list leaks anything.
+clients use the header. Reflow's REST client sends HTTP Basic auth when its URL
+carries ``user:password@``: the *password* is the token (the user name is free), and
+a URL with a user name alone (``http://TOKEN@host``) presents that name. A function's
+WebSocket may carry the token in its path (see :mod:`..functions.routes`). Tokens are
+compared in constant time against every configured token, so neither timing nor the
+order of the list leaks anything.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 from collections.abc import Mapping, Sequence
 from urllib.parse import parse_qs, urlsplit
@@ -37,10 +43,13 @@ class TokenAuth:
         return found
 
     def allows_request(self, headers: Mapping[str, str], path: str | None = None) -> bool:
-        """Check a request: the Bearer header, else (when ``path`` given) ``?token=``."""
+        """Check a request: a Bearer or Basic header, else (``path`` given) ``?token=``."""
         if not self._tokens:
             return True
-        presented = bearer_token(headers.get("Authorization"))
+        header = headers.get("Authorization")
+        presented = bearer_token(header)
+        if presented is None:
+            presented = basic_token(header)
         if presented is None and path is not None:
             presented = query_param(path, "token")
         return self.allows(presented)
@@ -54,6 +63,22 @@ def bearer_token(header: str | None) -> str | None:
     if scheme.lower() != "bearer" or not value.strip():
         return None
     return value.strip()
+
+
+def basic_token(header: str | None) -> str | None:
+    """The token of an ``Authorization: Basic`` header: the password, or the user name
+    when the password is empty; None when the header is not Basic or is malformed."""
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic" or not value.strip():
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, _, password = decoded.partition(":")
+    return (password or user) or None
 
 
 def query_param(path: str, name: str) -> str | None:

@@ -9,7 +9,7 @@ open for load balancers; the RPC endpoint needs a token when tokens are configur
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 
@@ -24,6 +24,12 @@ ReadyCheck = Callable[[], Awaitable[list[str]]]
 
 _JSON = "application/json"
 _COLLECT = CallScope(push=None)
+_SHUTTING_DOWN = jsonrpc.error_response(
+    None,
+    jsonrpc.SANDBOX_ERROR_CODES["unavailable"],
+    "the server is shutting down",
+    {"kind": "unavailable"},
+)
 
 
 async def _bound_port(runner: web.AppRunner, host: str, port: int) -> int:
@@ -43,6 +49,7 @@ class HttpTransport:
         ready: ReadyCheck,
         max_body: int,
         shutdown_timeout: float,
+        routes: Sequence[web.RouteDef] = (),
     ) -> None:
         self._dispatcher = dispatcher
         self._auth = auth
@@ -52,6 +59,7 @@ class HttpTransport:
         app.router.add_get("/health", self._health)
         app.router.add_get("/ready", self._readiness)
         app.router.add_post("/api/v1/rpc", self._rpc)
+        app.router.add_routes(routes)  # e.g. the deploy-then-call API (functions.http_api)
         self._runner = web.AppRunner(
             app, access_log=None, shutdown_timeout=shutdown_timeout, handle_signals=False
         )
@@ -63,7 +71,8 @@ class HttpTransport:
         return self.port
 
     def stop_accepting(self) -> None:
-        """/ready turns 503 so balancers move traffic away while calls drain."""
+        """/ready turns 503 so balancers move traffic away while calls drain; new RPC
+        calls are refused with 503 (the server closes the port once calls drained)."""
         self._draining = True
 
     async def close(self) -> None:
@@ -86,6 +95,8 @@ class HttpTransport:
                 status=401,
                 headers={"WWW-Authenticate": "Bearer"},
             )
+        if self._draining:  # nothing runs: 503 lets a balancer retry on another node
+            return web.Response(text=jsonrpc.encode(_SHUTTING_DOWN), status=503, content_type=_JSON)
         body = await request.read()
         parsed = jsonrpc.parse(body)
         reply: jsonrpc.Response | list[jsonrpc.Response] | None

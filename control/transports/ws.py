@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+from collections.abc import Callable
 from http import HTTPStatus
 
 import zstandard
@@ -40,13 +41,18 @@ from websockets.http11 import Response as HttpResponse
 from .. import jsonrpc
 from ..compression import CompressionError, DecompressedTooLarge, is_zstd, zstd_decompress
 from ..config import Config
+from ..functions.routes import function_route
 from ..jsonrpc import Dispatcher, Request, Response
-from ..methods import CallScope
+from ..methods import CallScope, FunctionTarget
 from ..metrics import Metrics
 from ..sandbox.base import JSON
 from .auth import TokenAuth, query_param
 
 log = logging.getLogger(__name__)
+# The websockets library logs every request line at DEBUG, and a path may carry a
+# token (?token=, or before a function id): its logger stays at WARNING and above.
+_PROTOCOL_LOG = logging.getLogger(__name__ + ".protocol")
+_PROTOCOL_LOG.setLevel(logging.WARNING)
 
 MAX_CALLS_PER_CONNECTION = 256
 """Calls one connection may have running at once; reading pauses beyond that."""
@@ -89,8 +95,10 @@ class WsTransport:
         dispatcher: Dispatcher[CallScope],
         auth: TokenAuth,
         metrics: Metrics,
+        functions: Callable[[str], FunctionTarget] | None = None,
     ) -> None:
         self._dispatcher = dispatcher
+        self._functions = functions  # binds <ws base>/<function_id> connections
         self._auth = auth
         self._metrics = metrics
         self._max_size = config.server.max_message_size
@@ -114,6 +122,7 @@ class WsTransport:
             max_size=self._max_size,
             compression="deflate",
             server_header=None,
+            logger=_PROTOCOL_LOG,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
@@ -163,6 +172,9 @@ class WsTransport:
     def _check_auth(self, conn: ServerConnection, request: HttpRequest) -> HttpResponse | None:
         if self._auth.allows_request(request.headers, request.path):
             return None
+        route = function_route(request.path) if self._functions is not None else None
+        if route is not None and self._auth.allows(route.path_token):
+            return None  # a token in the path before the function id
         return conn.respond(HTTPStatus.UNAUTHORIZED, "missing or invalid token\n")
 
     # -- one connection -------------------------------------------------------------------
@@ -170,7 +182,11 @@ class WsTransport:
     async def _handle(self, conn: ServerConnection) -> None:
         path = conn.request.path if conn.request is not None else ""
         peer = _Peer(conn, zstd=query_param(path, "compression") == "zstd")
-        peer.scope = CallScope(push=functools.partial(self._notify, peer))
+        route = function_route(path) if self._functions is not None else None
+        peer.scope = CallScope(
+            push=functools.partial(self._notify, peer),
+            function=self._functions(route.function_id) if self._functions and route else None,
+        )
         self._metrics.ws_connections.inc()
         self._peers.add(peer)
         try:

@@ -1,7 +1,8 @@
 """The docker-compose local stack, brought up for real with Debian's docker-compose.
 
-Redis, the control plane (Docker backend through the engine socket), nginx and
-Prometheus, all built from the repository's Dockerfiles on the local base image. The
+Redis, the control plane (Docker backend through the engine socket), nginx,
+Prometheus and the Redis, nginx and node exporters, all built from the repository's
+Dockerfiles on the local base image. The
 stack runs under a project name of its own with published ports on free loopback ports,
 and is always torn down (volumes and orphans too), failure or not, together with any
 sandbox container its replicas started.
@@ -14,6 +15,7 @@ import json
 import os
 import secrets
 import subprocess
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,8 +24,11 @@ from typing import Any
 
 import pytest
 
+from monitoring import dashboard
 from tests.conftest import REPO_ROOT
+from tests.monitoring.exposition import substitute
 
+from . import dynasb_deploy
 from .reflow_client import call
 from .support import free_port, require_engine, run_script, wait_for
 
@@ -32,6 +37,8 @@ pytestmark = pytest.mark.deploy
 RENDERED = ("redis.conf", "microsandbox.yaml", "nginx-loadbalancer.conf", "prometheus.yml",
             "rules/microsandbox-alerts.yml")
 OWNER_HOST_LABEL = "io.reflow.microsandbox.owner-host"
+# The exporter services and the Prometheus job that scrapes each (docs/monitoring.md).
+EXPORTERS = {"redis-exporter": "redis", "nginx-exporter": "nginx", "node-exporter": "node"}
 
 
 @dataclass
@@ -74,7 +81,7 @@ def _remove_sandboxes_of(hosts: list[str]) -> None:
 
 
 @pytest.fixture
-def stack(deploy_locked: None) -> Iterator[Stack]:
+def stack(deploy_locked: None, tmp_path: Path) -> Iterator[Stack]:
     require_engine()
     run_script("scripts/build-images.sh")
     run_script("scripts/build-control-plane-image.sh")
@@ -85,6 +92,8 @@ def stack(deploy_locked: None) -> Iterator[Stack]:
         MICROSANDBOX_HTTP_PORT=str(free_port()),
         MICROSANDBOX_WS_PORT=str(free_port()),
         PROMETHEUS_PORT=str(free_port()),
+        # Deployed functions' dependency cache (a host path the engine binds): a temp dir.
+        MICROSANDBOX_DEPENDENCY_CACHE=str(tmp_path / "function-dependencies"),
     )
     stack = Stack(
         project=f"msbxtest{secrets.token_hex(4)}",
@@ -94,9 +103,9 @@ def stack(deploy_locked: None) -> Iterator[Stack]:
     )
     hosts: list[str] = []
     try:
-        # The three service images are plain Debian packages: the engine's cache makes
+        # The service and exporter images are plain Debian packages: the engine's cache makes
         # this quick after the first time.
-        stack.compose("build", "redis", "nginx", "prometheus", timeout=900)
+        stack.compose("build", "redis", "nginx", "prometheus", *EXPORTERS, timeout=900)
         stack.compose("up", "-d", "--no-build")
         yield stack
     finally:
@@ -129,6 +138,32 @@ def _all_up(stack: Stack, count: int) -> list[dict[str, Any]] | None:
     return targets if len(targets) == count and len(healthy) == count else None
 
 
+def _exporters_up(stack: Stack) -> dict[str, str] | None:
+    """Each exporter job's one target and its health, once all of them are up."""
+    _, body = stack.get(stack.prometheus_port, "/api/v1/targets")
+    targets = json.loads(body)["data"]["activeTargets"]
+    health = {t["labels"]["job"]: t["health"] for t in targets
+              if t["labels"]["job"] in EXPORTERS.values()}
+    return health if health == dict.fromkeys(EXPORTERS.values(), "up") else None
+
+
+def _query(stack: Stack, expr: str) -> list[dict[str, Any]]:
+    query = urllib.parse.urlencode({"query": expr})
+    _, body = stack.get(stack.prometheus_port, f"/api/v1/query?{query}")
+    result: list[dict[str, Any]] = json.loads(body)["data"]["result"]
+    return result
+
+
+def _dashboard_queries_answered(stack: Stack) -> dict[str, bool]:
+    """Panel title -> whether its queries returned any series (each must not error)."""
+    panels = json.loads(dashboard.OUTPUT.read_text())["panels"]
+    answered: dict[str, bool] = {}
+    for panel in (p for p in panels if p["type"] != "row"):
+        results = [_query(stack, substitute(target["expr"])) for target in panel["targets"]]
+        answered[panel["title"]] = any(results)
+    return answered
+
+
 def _run_actor(stack: Stack) -> None:
     url = f"ws://127.0.0.1:{stack.lb_port}/?actor=test_actor"
     (result,) = call(url, "test_actor", {"input": 1})
@@ -146,6 +181,7 @@ def test_compose_stack_runs_an_actor_through_nginx_and_prometheus_scrapes_every_
 ) -> None:
     wait_for("/health and /ready through nginx", lambda: _ready_through_balancer(stack), tries=60)
     _run_actor(stack)
+    _run_deployed_function(stack)
 
     stack.compose("up", "-d", "--no-build", "--scale", "microsandbox=3")
     assert len(stack.replica_hosts()) == 3
@@ -157,6 +193,42 @@ def test_compose_stack_runs_an_actor_through_nginx_and_prometheus_scrapes_every_
     wait_for("/ready through nginx after the reload", lambda: _ready_through_balancer(stack),
              tries=30)
     _run_actor(stack)
+
+    # The exporters are scraped, and read what they export: Redis through its password,
+    # nginx through stub_status, the host through its /proc.
+    wait_for("Prometheus to scrape the Redis, nginx and node exporters",
+             lambda: _exporters_up(stack), tries=90)
+    for expr in ("redis_up", "nginx_up", "node_memory_MemTotal_bytes"):
+        samples = wait_for(f"{expr} in Prometheus", lambda e=expr: _query(stack, e) or None,
+                           tries=30)
+        assert float(samples[0]["value"][1]) > 0, (expr, samples)
+
+    # Every query of the Grafana dashboard runs on this Prometheus, and the panels over
+    # series that always exist show data (the others need events: kills, errors, OOM).
+    always = ("Pool occupancy per language", "Open WebSocket connections",
+              "Redis memory against maxmemory", "Balancer connections",
+              "Upstream health: sandbox nodes answering", "CPU busy", "Memory available")
+
+    def panels_with_data() -> dict[str, bool] | None:
+        answered = _dashboard_queries_answered(stack)
+        return answered if all(answered[title] for title in always) else None
+
+    wait_for("the dashboard's panels over ever-present series to show data",
+             panels_with_data, tries=30, pause=2)
+
+
+def _run_deployed_function(stack: Stack) -> None:
+    """Reflow's deploy-then-call path through nginx: deploy, poll, call, undeploy."""
+    api = f"http://127.0.0.1:{stack.lb_port}"
+    function_id = dynasb_deploy.deploy(api, "doubler", "python", dynasb_deploy.SAMPLE["python"])
+    (result,) = call(f"ws://127.0.0.1:{stack.lb_port}/ws/{function_id}", "doubler", {"input": 4})
+    assert result.error is None and result.outputs == {"output": 8, "calls": 1}
+    assert [p["data"] for p in result.pushes] == ["doubling"]
+    _, status = dynasb_deploy.request(api, "GET", f"/api/v1/functions/{function_id}")
+    assert status["invocationCount"] == 1
+    dynasb_deploy.request(api, "POST", f"/api/v1/functions/{function_id}/undeploy")
+    (gone,) = call(f"ws://127.0.0.1:{stack.lb_port}/ws/{function_id}", "doubler")
+    assert gone.error is not None and gone.error["data"]["kind"] == "not_found"
 
 
 def test_committed_compose_configs_are_what_the_templates_render(tmp_path: Path) -> None:

@@ -154,6 +154,7 @@ def test_the_control_plane_deployment_agrees_with_its_config(
         "microsandbox-actors")
     assert "emptyDir" in volumes[mounts[str(Path(config["state"]["sqlite_path"]).parent)]]
     assert "emptyDir" in volumes[mounts["/tmp"]]
+    assert "emptyDir" in volumes[mounts[config["functions"]["dependency_cache"]]]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
 
     # SIGTERM comes after preStop; the kubelet kills only after the grace period.

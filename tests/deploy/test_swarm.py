@@ -24,6 +24,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -64,6 +65,7 @@ class Swarm:
     lb_port: int
     prometheus_port: int
     token: str
+    dependency_cache: str
     replica_hosts: set[str] = field(default_factory=set)
 
     def url(self, actor: str | None = None) -> str:
@@ -72,7 +74,8 @@ class Swarm:
 
     def deploy(self) -> None:
         env = {"MICROSANDBOX_LB_PORT": str(self.lb_port),
-               "PROMETHEUS_PORT": str(self.prometheus_port), "MICROSANDBOX_REPLICAS": "2"}
+               "PROMETHEUS_PORT": str(self.prometheus_port), "MICROSANDBOX_REPLICAS": "2",
+               "MICROSANDBOX_DEPENDENCY_CACHE": self.dependency_cache}
         result = subprocess.run(
             ["docker", "stack", "deploy", "-c", "docker-stack.yml", STACK],
             cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
@@ -133,7 +136,7 @@ def _leave_swarm_we_made(had_gwbridge: bool) -> None:
 
 
 @pytest.fixture
-def swarm(deploy_locked: None) -> Iterator[Swarm]:
+def swarm(deploy_locked: None, tmp_path: Path) -> Iterator[Swarm]:
     require_engine()
     run_script("scripts/build-images.sh")
     run_script("scripts/build-control-plane-image.sh")
@@ -147,7 +150,10 @@ def swarm(deploy_locked: None) -> Iterator[Swarm]:
         _leave_swarm_we_made(had_gwbridge=False)  # a crashed run's swarm: ours to remove
     had_gwbridge = bool(docker("network", "ls", "-q", "--filter", "name=^docker_gwbridge$").strip())
     docker("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", "127.0.0.1:2377")
-    swarm = Swarm(lb_port=free_port(), prometheus_port=free_port(), token=secrets.token_hex(16))
+    cache = tmp_path / "function-dependencies"
+    cache.mkdir()
+    swarm = Swarm(lb_port=free_port(), prometheus_port=free_port(), token=secrets.token_hex(16),
+                  dependency_cache=str(cache))
     try:
         node = docker("info", "--format", "{{.Swarm.NodeID}}").strip()
         docker("node", "update", "--label-add", f"{NODE_LABEL}=1", node)

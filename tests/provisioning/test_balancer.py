@@ -70,6 +70,8 @@ def rendered_balancer(
             "nginx_lb_access_log": str(dest / "access.log"),
             # Keep a refused node out only briefly, so restored nodes rejoin quickly.
             "nginx_lb_fail_timeout": "1s",
+            # The stub_status server (for the exporter) on a free port, not the fixed 8081.
+            "nginx_stub_status_listen": f"127.0.0.1:{_port_free_on_every_node()}",
         },
     )
     assert result.returncode == 0, output_of(result)
@@ -308,7 +310,12 @@ async def test_access_log_records_the_path_and_actor_but_never_the_token(
     status, _ = await _get(ports, "/ready?token=s3cret-token-value&actor=counter")
     assert status == 200
     log = rendered_balancer.parent.parent / "access.log"
-    text = log.read_text()
+    # nginx writes the line in its log phase, after the response went out: wait for it.
+    for _ in range(100):  # bounded: up to ~5 s
+        text = log.read_text()
+        if 'actor="counter"' in text:
+            break
+        await asyncio.sleep(0.05)
     assert '"GET /ready HTTP/1.1"' in text
     assert 'actor="counter"' in text
     assert "s3cret-token-value" not in text

@@ -10,7 +10,7 @@ import yaml
 
 from .conftest import INVENTORIES, REPO, AnsibleRunner, output_of
 
-ROLES = ("redis", "nginx", "prometheus", "microsandbox")
+ROLES = ("redis", "nginx", "prometheus", "microsandbox", "node_exporter")
 PLAYBOOKS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "ansible").glob("*.yml"))
 
 

@@ -72,7 +72,7 @@ def test_prometheus_config_and_alert_rules_pass_promtool(
         rules = out / monitor / "microsandbox-alerts.yml"
         check_rules = run_tool(["promtool", "check", "rules", str(rules)])
         assert check_rules.returncode == 0, output_of(check_rules)
-        assert "SUCCESS: 5 rules found" in check_rules.stdout + check_rules.stderr
+        assert "SUCCESS: 16 rules found" in check_rules.stdout + check_rules.stderr
 
         # The rendered config loads rules from /etc/prometheus/rules: point it at the
         # rendered rules so promtool checks the pair together.
@@ -89,6 +89,19 @@ def test_prometheus_config_and_alert_rules_pass_promtool(
         jobs = {job["job_name"]: job for job in config["scrape_configs"]}
         labelled = [group["labels"]["node"] for group in jobs["microsandbox"]["static_configs"]]
         assert labelled == nodes
+
+        # The exporters: Redis beside each Redis host, nginx beside each balancer, the node
+        # exporter on every host of the cluster (each listed once).
+        scraped = {
+            job: [group["labels"]["host"] for group in jobs[job]["static_configs"]]
+            for job in ("redis", "nginx", "node")
+        }
+        groups = inventory_groups(ansible, inventory)
+        assert scraped["redis"] == groups["redis"]
+        assert scraped["nginx"] == groups["loadbalancers"]
+        every_host = [h for g in ("loadbalancers", "redis", "monitoring", "sandbox_nodes")
+                      for h in groups[g]]
+        assert scraped["node"] == list(dict.fromkeys(every_host))
 
 
 @pytest.mark.parametrize("inventory", INVENTORIES)

@@ -47,7 +47,7 @@ def test_check_config_rejects_a_bad_file_naming_the_key(
     path = tmp_path / "microsandbox.yaml"
     path.write_text(content)
     result = cli("check-config", str(path))
-    assert result.returncode != 0
+    assert result.returncode == 2  # as the README says
     assert mentions in result.stderr
     assert result.stdout == ""
 
