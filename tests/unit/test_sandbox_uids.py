@@ -28,7 +28,7 @@ def test_in_a_pod_user_namespace_the_block_sits_below_nobody_inside_the_map() ->
 def test_the_largest_of_several_ranges_is_used() -> None:
     uid_map = "0 100000 1000\n1000 500000 65536\n"
     base = uid_base(1, uid_map)
-    assert 1000 <= base and base + UIDS_PER_PROCESS <= 1000 + 65536
+    assert base >= 1000 and base + UIDS_PER_PROCESS <= 1000 + 65536
 
 
 def test_a_map_too_small_for_sandboxes_is_refused_clearly() -> None:
