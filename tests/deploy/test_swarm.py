@@ -42,8 +42,23 @@ STACK = "reflow"  # the guide's name: the service is reflow_microsandbox
 SERVICE = f"{STACK}_microsandbox"
 NODE_LABEL = "io.reflow.microsandbox.test-swarm"
 OWNER_HOST_LABEL = "io.reflow.microsandbox.owner-host"
-IMAGE = "reflow-microsandbox/control-plane:latest"
-ROLLED_IMAGE = "reflow-microsandbox/control-plane:swarm-test-rolled"
+# Every image the stack runs, by the variable docker-stack.yml reads it from. The test
+# deploys its own tags of them: image names are global on the engine, and another run's
+# build of :latest must not change what this swarm runs halfway through.
+TEST_TAG = "swarm-test"
+IMAGES = {
+    "CONTROL_PLANE_IMAGE": "reflow-microsandbox/control-plane",
+    "REDIS_IMAGE": "reflow-microsandbox/compose-redis",
+    "NGINX_IMAGE": "reflow-microsandbox/compose-nginx",
+    "PROMETHEUS_IMAGE": "reflow-microsandbox/compose-prometheus",
+    "REDIS_EXPORTER_IMAGE": "reflow-microsandbox/compose-redis-exporter",
+    "NGINX_EXPORTER_IMAGE": "reflow-microsandbox/compose-nginx-exporter",
+    "NODE_EXPORTER_IMAGE": "reflow-microsandbox/compose-node-exporter",
+    "PYTHON_RUNNER_IMAGE": "reflow-microsandbox/python-runner",
+    "NODE_RUNNER_IMAGE": "reflow-microsandbox/node-runner",
+}
+IMAGE = f"{IMAGES['CONTROL_PLANE_IMAGE']}:{TEST_TAG}"
+ROLLED_IMAGE = f"{IMAGES['CONTROL_PLANE_IMAGE']}:{TEST_TAG}-rolled"
 SECRETS = ("microsandbox_redis_password", "microsandbox_auth_tokens")
 _PROCESS_OK = re.compile(
     r'^microsandbox_rpc_requests_total\{code="ok",method="process"\} (\S+)$', re.MULTILINE
@@ -75,7 +90,8 @@ class Swarm:
     def deploy(self) -> None:
         env = {"MICROSANDBOX_LB_PORT": str(self.lb_port),
                "PROMETHEUS_PORT": str(self.prometheus_port), "MICROSANDBOX_REPLICAS": "2",
-               "MICROSANDBOX_DEPENDENCY_CACHE": self.dependency_cache}
+               "MICROSANDBOX_DEPENDENCY_CACHE": self.dependency_cache,
+               **{var: f"{repo}:{TEST_TAG}" for var, repo in IMAGES.items()}}
         result = subprocess.run(
             ["docker", "stack", "deploy", "-c", "docker-stack.yml", STACK],
             cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
@@ -124,9 +140,31 @@ def _targets_up(swarm: Swarm, want: int) -> list[str] | None:
     url = f"http://127.0.0.1:{swarm.prometheus_port}/api/v1/targets"
     with urllib.request.urlopen(url, timeout=5) as reply:
         targets = json.loads(reply.read())["data"]["activeTargets"]
-    up = [t["labels"]["instance"] for t in targets
-          if t["labels"]["job"] == "microsandbox" and t["health"] == "up"]
-    return up if len(up) == want and len(targets) == want else None
+    replicas = [t for t in targets if t["labels"]["job"] == "microsandbox"]
+    up = [t["labels"]["instance"] for t in replicas if t["health"] == "up"]
+    return up if len(up) == want and len(replicas) == want else None
+
+
+def _exporters_up(swarm: Swarm) -> list[str] | None:
+    url = f"http://127.0.0.1:{swarm.prometheus_port}/api/v1/targets"
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        targets = json.loads(reply.read())["data"]["activeTargets"]
+    others = [t for t in targets if t["labels"]["job"] != "microsandbox"]
+    if not others or any(t["health"] != "up" for t in others):
+        return None
+    return sorted({t["labels"]["job"] for t in others})
+
+
+def _update_completed() -> bool | None:
+    """True once the service's update completed; fails the test if it rolled back."""
+    status = json.loads(docker("service", "inspect", SERVICE, "--format",
+                               "{{json .UpdateStatus}}"))
+    state = status.get("State", "")
+    if state.startswith("rollback") or "paused" in state:
+        tasks = docker("service", "ps", SERVICE, "--no-trunc", "--format",
+                       "{{.Name}} {{.Image}} {{.CurrentState}} {{.Error}}")
+        pytest.fail(f"the rolling update did not complete: {status}\n{tasks}")
+    return True if state == "completed" else None
 
 
 def _leave_swarm_we_made(had_gwbridge: bool) -> None:
@@ -141,6 +179,8 @@ def swarm(deploy_locked: None, tmp_path: Path) -> Iterator[Swarm]:
     run_script("scripts/build-images.sh")
     run_script("scripts/build-control-plane-image.sh")
     run_script("scripts/build-service-images.sh")
+    for repo in IMAGES.values():
+        docker("tag", f"{repo}:latest", f"{repo}:{TEST_TAG}")
     state = docker("info", "--format", "{{.Swarm.LocalNodeState}}").strip()
     if state == "active":
         labels = docker("node", "inspect", "self", "--format", "{{json .Spec.Labels}}",
@@ -173,7 +213,8 @@ def swarm(deploy_locked: None, tmp_path: Path) -> Iterator[Swarm]:
         if leftovers:
             docker("rm", "-f", *leftovers, check=False)
         docker("volume", "rm", f"{STACK}_redis-data", f"{STACK}_prometheus-data", check=False)
-        docker("image", "rm", ROLLED_IMAGE, check=False)
+        docker("image", "rm", ROLLED_IMAGE, *(f"{repo}:{TEST_TAG}" for repo in IMAGES.values()),
+               check=False)
 
 
 def _steady_stream(swarm: Swarm, stop: threading.Event, actor: str | None,
@@ -210,7 +251,8 @@ def test_swarm_stack_deploys_scales_rolls_without_losing_a_call_and_leaves_nothi
 
     began = time.monotonic()
     swarm.deploy()
-    for service, want in (("redis", 1), ("microsandbox", 2), ("nginx", 1), ("prometheus", 1)):
+    for service, want in (("redis", 1), ("microsandbox", 2), ("nginx", 1), ("prometheus", 1),
+                          ("redis-exporter", 1), ("nginx-exporter", 1), ("node-exporter", 1)):
         wait_for(f"{service} to run", functools.partial(_converged, f"{STACK}_{service}", want),
                  tries=180)
     wait_for("2 healthy replicas", lambda: _healthy_replicas(swarm, 2), tries=180)
@@ -246,6 +288,8 @@ def test_swarm_stack_deploys_scales_rolls_without_losing_a_call_and_leaves_nothi
     targets = wait_for("Prometheus to scrape 4 replicas", lambda: _targets_up(swarm, 4),
                        tries=60)
     assert len(set(targets)) == 4
+    assert wait_for("the exporters to be scraped", lambda: _exporters_up(swarm), tries=60) == [
+        "nginx", "node", "redis"]
 
     phase("scaled, every replica answered, targets up")
     # --- A rolling update under a steady stream of calls ------------------------------
@@ -262,6 +306,8 @@ def test_swarm_stack_deploys_scales_rolls_without_losing_a_call_and_leaves_nothi
         began = time.monotonic()
         # The CLI waits until the update converged (every task replaced, start first).
         docker("service", "update", "--image", ROLLED_IMAGE, SERVICE, timeout=900)
+        wait_for("the update to complete (after its monitor period)", _update_completed,
+                 tries=120)
         rolled = time.monotonic() - began
         during = [len(s) for s in streams]
         wait_for("calls after the update", lambda: True if all(
