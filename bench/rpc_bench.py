@@ -8,8 +8,13 @@ serve``, bubblewrap sandboxes, state in a private redis-server):
 1. Warm ``process`` round trip over one WebSocket (p50/p99), against a bare
    ``websockets`` echo server (also a subprocess) answering the same payload: the
    ratio is the cost of JSON-RPC + pool + sandbox round trip (goal: <= 3x at p50).
-2. Throughput: N connections each calling ``process`` back to back for D seconds
-   (goal: >= 2,000 calls/s on 2 cores, zero errors).
+2. The same doubling actor through our server and through an unsandboxed in-process
+   JSON-RPC server (``bench/inprocess_server.py``, the shape of Reflow's own Python
+   runtime server), by the same Reflow-style client in the same run: sequential round
+   trips (p50/p99) and throughput of N connections calling back to back for D seconds,
+   printed as ratios (issue goal: >= 0.5x the in-process calls/s, p50 <= 1.3x), with
+   the CPU seconds per call of the server process and of its sandboxes (every process
+   descended from the server, from ``/proc/<pid>/stat``).
 3. A ``get_state`` + ``set_state`` call against a bare redis-py GET + SET (ratio).
 4. A 1 MB payload echoed, as plain text and as zstd frames (round trip and bytes sent).
 """
@@ -48,6 +53,12 @@ ACTORS = {
         '@actor(name="bench_echo")\n'
         "def process(context):\n"
         '    return {"out": context.get_input("data")}\n'
+    ),
+    "bench_double.py": (
+        '@actor(name="bench_double")\n'
+        "def process(context):\n"
+        '    value = context.get_input("data")\n'
+        '    return {"out": value * 2 if isinstance(value, (int, float)) else value}\n'
     ),
     "bench_state.py": (
         '@actor(name="bench_state")\n'
@@ -98,6 +109,43 @@ def request(actor: str, data: Any, id_: str) -> str:
             },
         }
     )
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(root: int) -> tuple[float, float, float]:
+    """(CPU seconds of ``root``, of them in the kernel, CPU seconds of all its live
+    descendants), user + system.
+
+    Read from ``/proc/<pid>/stat`` (utime and stime, fields 14 and 15, in clock ticks:
+    proc(5)). Descendants that exited between two readings are not counted; the
+    benchmark's sandboxes stay alive for the whole measurement.
+    """
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    system: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        parents[int(entry)] = int(fields[1])
+        times[int(entry)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        system[int(entry)] = int(fields[12]) / CLOCK_TICKS
+    children: dict[int, list[int]] = {}
+    for pid, parent in parents.items():
+        children.setdefault(parent, []).append(pid)
+    below = 0.0
+    stack = list(children.get(root, []))
+    while stack:
+        pid = stack.pop()
+        below += times.get(pid, 0.0)
+        stack.extend(children.get(pid, []))
+    return times.get(root, 0.0), system.get(root, 0.0), below
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -192,10 +240,15 @@ class Bench:
         raise SystemExit(f"the server did not get ready:\n{log}")
 
     def start_echo(self) -> int:
+        return self.start_listener([sys.executable, "-c", ECHO_SERVER])
+
+    def start_inprocess(self) -> int:
+        return self.start_listener([sys.executable, str(REPO / "bench" / "inprocess_server.py")])
+
+    def start_listener(self, command: list[str]) -> int:
+        """Start a server that takes its port as last argument and prints a line when ready."""
         port = free_port()
-        process = subprocess.Popen(
-            [sys.executable, "-c", ECHO_SERVER, str(port)], stdout=subprocess.PIPE
-        )
+        process = subprocess.Popen([*command, str(port)], stdout=subprocess.PIPE)
         self.processes.append(process)
         assert process.stdout is not None
         process.stdout.readline()
@@ -235,9 +288,15 @@ class Bench:
         self.row("ratio at p50 (goal <= 3x)", f"{r50 / b50:8.1f} x")
         self.row("ratio at p99", f"{r99 / b99:8.1f} x")
 
-    async def throughput(self, ws: str) -> None:
+    async def throughput(
+        self, ws: str, pid: int
+    ) -> tuple[float, int, float, float, float, float]:
+        """N connections calling the doubling actor back to back for D seconds.
+
+        Returns (calls/s, errors, server CPU s per call, sandbox CPU s per call, server
+        kernel CPU s per call, server CPU share of one core).
+        """
         duration, connections = self.args.duration, self.args.connections
-        payload = {"input": 42}
         counts = [0] * connections
         errors = [0] * connections
         deadline = 0.0
@@ -247,7 +306,7 @@ class Bench:
                 await ready.wait()
                 i = 0
                 while time.perf_counter() < deadline:
-                    await conn.send(request("bench_echo", payload, f"{index}-{i}"))
+                    await conn.send(request("bench_double", i, f"{index}-{i}"))
                     reply = json.loads(await conn.recv())
                     if "error" in reply:
                         errors[index] += 1
@@ -258,14 +317,56 @@ class Bench:
         ready = asyncio.Event()
         tasks = [asyncio.create_task(worker(i)) for i in range(connections)]
         await asyncio.sleep(0.5)
+        server_before, kernel_before, sandboxes_before = cpu_seconds(pid)
         started = time.perf_counter()
         deadline = started + duration
         ready.set()
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - started
-        print(f"\nthroughput, {connections} connections, {duration:g} s")
-        self.row("calls/s (goal >= 2,000)", f"{sum(counts) / elapsed:8.0f}")
-        self.row("errors", f"{sum(errors):8d}")
+        server_after, kernel_after, sandboxes_after = cpu_seconds(pid)
+        calls = max(1, sum(counts))
+        return (
+            sum(counts) / elapsed,
+            sum(errors),
+            (server_after - server_before) / calls,
+            (sandboxes_after - sandboxes_before) / calls,
+            (kernel_after - kernel_before) / calls,
+            (server_after - server_before) / elapsed,
+        )
+
+    async def against_inprocess(self, ws: str, server_pid: int, baseline_port: int) -> None:
+        """Our server and the unsandboxed in-process server, same client, same run."""
+        baseline = f"ws://127.0.0.1:{baseline_port}/"
+        baseline_pid = self.processes[-1].pid
+        latencies: dict[str, tuple[float, float]] = {}
+        for label, url in (("in-process", baseline), ("sandboxed", ws)):
+            async with connect(url, compression=None) as conn:
+                await round_trips(conn, lambda i: request("bench_double", i, f"w{i}"), 200)
+                rpc = await round_trips(
+                    conn, lambda i: request("bench_double", i, f"{i:08d}"), self.args.calls
+                )
+            latencies[label] = (percentile(rpc, 0.5), percentile(rpc, 0.99))
+        print("\ndoubling actor: in-process server (no isolation) vs this server, "
+              "one connection, sequential")  # fmt: skip
+        (i50, i99), (s50, s99) = latencies["in-process"], latencies["sandboxed"]
+        self.row("in-process server p50 / p99", f"{i50 * 1e6:8.0f} us / {i99 * 1e6:8.0f} us")
+        self.row("this server p50 / p99", f"{s50 * 1e6:8.0f} us / {s99 * 1e6:8.0f} us")
+        self.row("ratio at p50 (goal <= 1.3x) / p99", f"{s50 / i50:8.2f} x / {s99 / i99:.2f} x")
+        connections, duration = self.args.connections, self.args.duration
+        base = await self.throughput(baseline, baseline_pid)
+        ours = await self.throughput(ws, server_pid)
+        print(f"\nthroughput, doubling actor, {connections} connections, {duration:g} s each")
+        self.row("in-process server calls/s, errors", f"{base[0]:8.0f}, {base[1]} errors")
+        self.row("this server calls/s, errors", f"{ours[0]:8.0f}, {ours[1]} errors")
+        self.row("ratio of calls/s (goal >= 0.5x)", f"{ours[0] / base[0]:8.2f} x")
+        self.row("CPU per call: in-process server",
+                 f"{base[2] * 1e6:8.0f} us")  # fmt: skip
+        self.row("CPU per call: this server's process / its sandboxes",
+                 f"{ours[2] * 1e6:8.0f} us / {ours[3] * 1e6:.0f} us")  # fmt: skip
+        self.row("  of it in the kernel: in-process server / this server's process",
+                 f"{base[4] * 1e6:8.0f} us / {ours[4] * 1e6:.0f} us")  # fmt: skip
+        self.row("server process busy (share of one core): in-process / this server",
+                 f"{base[5] * 100:7.0f} % / {ours[5] * 100:.0f} %")  # fmt: skip
 
     async def state(self, ws: str, redis_url: str) -> None:
         calls = max(200, self.args.calls // 4)
@@ -320,7 +421,8 @@ class Bench:
                 print(f"reflow-microsandbox RPC benchmark ({os.cpu_count()} cores, "
                       f"{self.args.sandboxes} warm python sandboxes)")  # fmt: skip
                 await self.latency(ws, echo_port)
-                await self.throughput(ws)
+                baseline_port = self.start_inprocess()
+                await self.against_inprocess(ws, self.processes[0].pid, baseline_port)
                 await self.state(ws, redis_server.url)
                 await self.large_payload(ws)
             finally:

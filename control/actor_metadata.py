@@ -6,9 +6,12 @@ forms Reflow uses: bare ``@actor`` (the name is the file stem), ``@actor({"compo
 (keywords; ``component=`` works too). A script with an undecorated top-level
 ``process`` is an actor named after its file.
 
-JavaScript: ``const metadata = {...}`` (valid JSON, with a ``component`` or ``name``
-field), else a JSDoc ``@component Name`` tag, else a named ``function process``
-(the name is the file stem). JavaScript syntax is not checked here; the sandbox
+JavaScript: ``const metadata = {...}`` (an object literal of constants, as Node reads it:
+JSON, or unquoted keys, single quotes, trailing commas and comments, which is JSON5;
+with a ``component`` or ``name`` field), else a JSDoc ``@component Name`` tag, else a
+named ``function process`` / ``function run`` or ``exports.process`` (the name is the
+file stem). A literal that computes values (a variable, a call) is refused with the
+reason, naming the file. JavaScript syntax is not checked otherwise; the sandbox
 reports it when it loads the script.
 """
 
@@ -19,6 +22,8 @@ import json
 import re
 from dataclasses import dataclass
 from typing import Any
+
+import json5
 
 JSON = Any
 
@@ -133,7 +138,8 @@ _METADATA_DECL = re.compile(r"\b(?:const|let|var)\s+metadata\s*=\s*\{")
 _JSDOC = re.compile(r"/\*\*.*?\*/", re.DOTALL)
 _COMPONENT_TAG = re.compile(r"@component\s+([^\s*]+)")
 _PROCESS_FUNCTION = re.compile(
-    r"\b(?:async\s+)?function\s*\*?\s*process\s*\(|\bexports\.process\s*="
+    r"\b(?:async\s+)?function\s*\*?\s*(?:process|run)\s*\(|\bexports\.(?:process|run)\s*="
+    r"|\bmodule\.exports\s*=\s*\{[^}]*\b(?:process|run)\b"
 )
 
 
@@ -143,14 +149,7 @@ def extract_javascript(source: str, stem: str, filename: str) -> ExtractedMetada
         text = _balanced_object(source, declaration.end() - 1)
         if text is None:
             raise MetadataError(f"{filename}: `const metadata = {{` is never closed")
-        try:
-            metadata = json.loads(text)
-        except ValueError as error:
-            raise MetadataError(
-                f"{filename}: `const metadata` must be valid JSON (quoted keys, no "
-                f"trailing commas): {error}"
-            ) from None
-        return _named(metadata, stem, filename)
+        return _named(_object_literal(text, filename), stem, filename)
     for comment in _JSDOC.finditer(source):
         tag = _COMPONENT_TAG.search(comment.group(0))
         if tag is not None:
@@ -160,6 +159,28 @@ def extract_javascript(source: str, stem: str, filename: str) -> ExtractedMetada
     raise NotAnActor(
         f"{filename}: no actor found (const metadata, a @component tag or function process)"
     )
+
+
+def _object_literal(text: str, filename: str) -> JSON:
+    """``const metadata``'s value: JSON, else JSON5 (what an object literal of constants is)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        value = json5.loads(text)
+    except ValueError as error:
+        raise MetadataError(
+            f"{filename}: `const metadata` must be an object literal of constants (JSON, or "
+            f"unquoted keys, single quotes and trailing commas as in JavaScript): {error}"
+        ) from None
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        raise MetadataError(
+            f"{filename}: `const metadata` holds NaN or Infinity, which JSON cannot carry"
+        ) from None
+    return value
 
 
 def _balanced_object(source: str, start: int) -> str | None:

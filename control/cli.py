@@ -12,13 +12,14 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .config import LANGUAGES, Config, ConfigError, load_config
+from .config import ENV_PREFIX, LANGUAGES, Config, ConfigError, load_config
 from .sandbox.base import JSON, CallContext, SandboxError
 
 T = TypeVar("T")
@@ -96,8 +97,38 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"{args.file}: {error}", file=sys.stderr)
         return EXIT_CONFIG
+    for index, folder in enumerate(config.scripts.folders):
+        # A warning, not a refusal: the folder may be created after the check (provisioning).
+        if not Path(folder).is_dir():
+            print(
+                f"{args.file}: warning: scripts.folders[{index}]: {folder} is not a folder "
+                "(no actors will be found there until it exists)",
+                file=sys.stderr,
+            )
     print(_summary(config))
     return 0
+
+
+def _cmd_check_scripts(args: argparse.Namespace) -> int:
+    """Discover the actors of the configured script folders; exit 1 naming each problem."""
+    from .registry import ActorRegistry, RegistryError
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        print(f"reflow-microsandbox: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    registry = ActorRegistry(config.scripts.folders, allow_inline=False)
+    try:
+        registry.discover()
+    except RegistryError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    for info in registry.all():
+        print(f"ok       {info.listed_name:<30} {info.source.language:<7} {info.path}")
+    for problem in registry.problems:
+        print(f"refused  {problem}", file=sys.stderr)
+    return EXIT_FAILED if registry.problems else 0
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -166,7 +197,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
         settings.min_instances = 0
         settings.max_instances = 1
     config.scripts.folders = [str(script.parent)]
+    if args.config is None and f"{ENV_PREFIX}STATE_SQLITE_PATH" not in os.environ:
+        config.state.sqlite_path = str(_run_state_path(os.environ))
     return _run_loop(_run_once(config, script, payload))
+
+
+def _run_state_path(environ: Mapping[str, str]) -> Path:
+    """Where ``run`` without ``--config`` keeps SQLite state (and its ``.locks`` sidecar):
+    ``$XDG_STATE_HOME/reflow-microsandbox/run-state.db`` (default ``~/.local/state``,
+    the XDG Base Directory spec's place for state), not the current folder; created
+    (mode 0700) when missing."""
+    base = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    folder = Path(base) / "reflow-microsandbox"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return folder / "run-state.db"
 
 
 async def _run_once(config: Config, script: Path, payload: dict[str, JSON]) -> int:
@@ -239,6 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a microsandbox.yaml")
     check.add_argument("file")
     check.set_defaults(func=_cmd_check_config)
+
+    scripts = commands.add_parser(
+        "check-scripts",
+        help="list the actors of the script folders and every file refused, with the reason",
+    )
+    scripts.add_argument("--config", help="microsandbox.yaml (default: built-in defaults)")
+    scripts.set_defaults(func=_cmd_check_scripts)
 
     run = commands.add_parser("run", help="run a script once, for script authors")
     run.add_argument("script", help="a .py or .js actor script")

@@ -65,6 +65,9 @@ class PoolConfig(_Section):
     )
     acquire_timeout: float = Field(5.0, gt=0, le=60)
     max_per_actor: int = Field(4, ge=1, le=1000)
+    # Calls of one actor that may wait for a sandbox beyond the max_per_actor that can
+    # run at once; more are refused at once with pool_exhausted instead of waiting.
+    max_queued_per_actor: int = Field(256, ge=0, le=100000)
     # seconds before an idle bound sandbox is recycled
     idle_timeout: float = Field(300.0, gt=0)
     max_calls: int = Field(10000, ge=1, description="calls after which a sandbox is recycled")

@@ -9,11 +9,18 @@ Two rules from Reflow's client shape the responses: the ``id`` is echoed exactly
 received (a string stays a string, a number stays the same number), and a success
 response has ``result`` and never an ``error`` key (Reflow treats any ``error`` key,
 even in ``result``, as a failure).
+
+Nothing a client sends makes this module raise: a frame nested deeper than
+:data:`~.jsonlimits.MAX_MESSAGE_DEPTH` is a -32700 error naming the limit, a string
+that is not valid Unicode (a lone surrogate escape) is a -32600 error, an exception in a
+method is -32603 for that request (logged with its traceback), and :func:`encode_bytes`
+turns a response that cannot be encoded into a -32603 error instead of raising.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -22,6 +29,16 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from .jsonlimits import (
+    MAX_MESSAGE_DEPTH,
+    huge_number_message,
+    lone_surrogate,
+    may_hold_huge_number,
+    may_hold_surrogate,
+    nesting_exceeds,
+    non_finite_path,
+    surrogate_message,
+)
 from .sandbox.base import JSON, SandboxError
 
 log = logging.getLogger(__name__)
@@ -112,6 +129,49 @@ def encode(message: Response | list[Response]) -> str:
     return _encoder.encode(message)
 
 
+def encode_bytes(message: Response | list[Response]) -> bytes | None:
+    """UTF-8 JSON of a response, a batch or a notification; never raises.
+
+    A response that cannot be encoded (a value that is not valid Unicode, too deep, not
+    JSON) becomes a -32603 error for its id, logged with the reason; such a notification
+    is dropped (None). Values from sandboxes are checked before they get here
+    (:mod:`.sandbox.runner_protocol`), so this is the last line of defence.
+    """
+    try:
+        return _encoder.encode(message).encode("utf-8")
+    except (ValueError, TypeError, RecursionError) as error:
+        log.error("could not encode a JSON-RPC message: %s", error, exc_info=True)
+        replacement = _unencodable(message, error)
+        if replacement is None:
+            return None
+        return _encoder.encode(replacement).encode("utf-8")
+
+
+def _unencodable(
+    message: Response | list[Response], error: BaseException
+) -> Response | list[Response] | None:
+    if isinstance(message, list):
+        answers: list[Response] = []
+        for item in message:
+            try:
+                _encoder.encode(item).encode("utf-8")
+            except (ValueError, TypeError, RecursionError) as item_error:
+                fixed = _unencodable(item, item_error)
+                if isinstance(fixed, dict):
+                    answers.append(fixed)
+            else:
+                answers.append(item)
+        return answers
+    if "method" in message and "id" not in message:
+        return None  # a notification: nobody waits for it
+    id_ = message.get("id")
+    if not _valid_id(id_) or lone_surrogate(id_) is not None:
+        id_ = None
+    return error_response(
+        id_, INTERNAL_ERROR, f"internal error: the response could not be encoded ({error})"
+    )
+
+
 def notification(method: str, params: JSON) -> dict[str, JSON]:
     return {"jsonrpc": "2.0", "method": method, "params": params}
 
@@ -144,16 +204,59 @@ def _parse_one(item: object) -> Request | Response:
 
 
 def parse(data: bytes | str) -> Parsed:
-    """Turn a frame into requests, or into the error response it deserves."""
+    """Turn a frame into requests, or into the error response it deserves (never raises)."""
+    if nesting_exceeds(data, MAX_MESSAGE_DEPTH):
+        return error_response(
+            None,
+            PARSE_ERROR,
+            f"parse error: the JSON nests deeper than {MAX_MESSAGE_DEPTH} levels (the limit)",
+            {"limit": MAX_MESSAGE_DEPTH},
+        )
     try:
         message = decode_json(data)
-    except ValueError as error:  # includes UnicodeDecodeError and JSONDecodeError
+    except (ValueError, RecursionError) as error:  # UnicodeDecodeError, JSONDecodeError too
         return error_response(None, PARSE_ERROR, f"parse error: {error}")
+    check = _check_unicode if may_hold_surrogate(data) else _parse_one
+    if may_hold_huge_number(data):
+        check = functools.partial(_check_numbers, check)
     if isinstance(message, list):
         if not message:
             return error_response(None, INVALID_REQUEST, "invalid request: empty batch")
-        return [_parse_one(item) for item in message]
-    return _parse_one(message)
+        return [check(item) for item in message]
+    return check(message)
+
+
+def _check_unicode(item: object) -> Request | Response:
+    """``_parse_one``, refusing a request with a string that is not valid Unicode."""
+    parsed = _parse_one(item)
+    code_point = lone_surrogate(item)
+    if code_point is None:
+        return parsed
+    id_ = parsed.id if isinstance(parsed, Request) else parsed.get("id")
+    if lone_surrogate(id_) is not None:
+        id_ = None
+    return error_response(
+        id_, INVALID_REQUEST, "invalid request: " + surrogate_message("a string", code_point)
+    )
+
+
+def _check_numbers(
+    inner: Callable[[object], Request | Response], item: object
+) -> Request | Response:
+    """``inner``, refusing a request whose params hold a number beyond a double's range
+    (it decodes to infinity): -32602 naming the field, before any method runs."""
+    parsed = inner(item)
+    if not isinstance(parsed, Request):
+        return parsed
+    where = non_finite_path(parsed.params)
+    if where is None:
+        return parsed
+    return error_response(
+        parsed.id,
+        INVALID_PARAMS,
+        "invalid params: " + huge_number_message(where),
+        {"fields": [where]},
+    )
 
 
 Ctx = TypeVar("Ctx")

@@ -13,13 +13,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
 from .config import Language
 from .jsonrpc import Dispatcher, RpcError
 from .metrics import Metrics
 from .pool import SandboxPool
-from .registry import ActorInfo, ActorRegistry, RegistryError
+from .registry import LANGUAGE_NAMES, ActorInfo, ActorRegistry, RegistryError, language_named
 from .sandbox.base import JSON, ActorSource, CallContext, EventSink, SandboxError
 from .state.base import StateStore, StateTransaction
 
@@ -77,6 +77,17 @@ class LoadParams(_Params):
     language: Language | None = None
     name: StrictStr | None = Field(None, min_length=1)
     namespace: StrictStr = Field("default", min_length=1)
+
+    @field_validator("language", mode="before")
+    @classmethod
+    def _language_alias(cls, value: object) -> object:
+        """``js``/``node``/``javascript``/``py``/``python3`` name the two languages too."""
+        if value is None:
+            return None
+        language = language_named(value)
+        if language is None:
+            raise ValueError(f"unsupported language {value!r} (allowed: {LANGUAGE_NAMES})")
+        return language
 
 
 class ListParams(_Params):
@@ -300,7 +311,11 @@ class Api:
         return {"success": True, "actor": info.source.name, "namespace": info.source.namespace}
 
     async def list(self, params: ListParams, scope: CallScope) -> JSON:
-        return {"actors": self._registry.names()}
+        """The actors, and (``problems``) every script refused at discovery, with why."""
+        result: dict[str, JSON] = {"actors": self._registry.names()}
+        if self._registry.problems:
+            result["problems"] = list(self._registry.problems)
+        return result
 
     async def unload(self, params: UnloadParams, scope: CallScope) -> JSON:
         """Forget an actor and throw away its sandboxes."""

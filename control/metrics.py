@@ -112,6 +112,13 @@ class Metrics:
             ["op"],
             registry=r,
         )
+        self.stray_frames = Counter(
+            "microsandbox_stray_frames",
+            "Frames (outputs, logs, state requests, exceptions, raw writes) that a sandbox "
+            "sent outside the call they belong to, and that were dropped",
+            ["language"],
+            registry=r,
+        )
         self.state_errors = Counter(
             "microsandbox_state_errors", "State operations that failed", registry=r
         )
@@ -119,6 +126,7 @@ class Metrics:
         self._rpc_children: dict[tuple[str, str], Counter] = {}
         self._duration_children: dict[tuple[str, str], Histogram] = {}
         self._state_children: dict[str, Counter] = {}
+        self._acquire_children: dict[str, Histogram] = {}
 
     def attach_pool(self, snapshot: Callable[[], list[SandboxInfo]]) -> None:
         """Read sandbox counts and memory from this snapshot function at scrape time."""
@@ -165,4 +173,10 @@ class Metrics:
         self.sandboxes_killed.labels(language, reason).inc()
 
     def acquire_waited(self, language: Language, seconds: float) -> None:
-        self.acquire_wait.labels(language).observe(seconds)
+        child = self._acquire_children.get(language)
+        if child is None:
+            child = self._acquire_children[language] = self.acquire_wait.labels(language)
+        child.observe(seconds)
+
+    def stray_frames_dropped(self, language: Language, count: int) -> None:
+        self.stray_frames.labels(language).inc(count)

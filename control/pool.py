@@ -11,6 +11,14 @@ seconds unused, or to make room for another actor when the language is at
 Ordering: each actor has one FIFO queue of waiting calls, and a free sandbox is
 always handed to the oldest waiter, so calls of one actor *start* in arrival order
 (with one sandbox they also finish in that order).
+
+Fairness: one actor flooding the node must not starve the others. Its queue is
+bounded (``max_queued_per_actor`` calls beyond the ``max_per_actor`` running; more
+are refused at once with ``pool_exhausted``, ``data.reason`` ``queue_full``); when a
+language is at ``max_instances``, capacity goes to the waiting actor with the fewest
+sandboxes, and an actor holding at least two more than a starved one gives one up
+when a call of its own ends (killed as ``rebalanced``). Waiting calls sleep on their
+own future, so a long queue costs nothing while other actors' calls come and go.
 """
 
 from __future__ import annotations
@@ -51,6 +59,8 @@ class PoolObserver(Protocol):
 
     def acquire_waited(self, language: Language, seconds: float) -> None: ...
 
+    def stray_frames_dropped(self, language: Language, count: int) -> None: ...
+
 
 class _SilentObserver:
     def sandbox_started(self, language: Language, seconds: float) -> None:
@@ -60,6 +70,9 @@ class _SilentObserver:
         pass
 
     def acquire_waited(self, language: Language, seconds: float) -> None:
+        pass
+
+    def stray_frames_dropped(self, language: Language, count: int) -> None:
         pass
 
 
@@ -96,28 +109,68 @@ class _ActorGroup:
     waiters: deque[asyncio.Future[_Bound]] = field(default_factory=deque)
     growing: int = 0
 
+    @property
+    def size(self) -> int:
+        """Sandboxes bound to the actor or being bound to it."""
+        return len(self.members) + self.growing
+
+    def wanted(self, max_per_actor: int) -> int:
+        """How many more sandboxes to bind now: one per waiting call that no sandbox
+        being bound will serve, within ``max_per_actor``."""
+        return min(len(self.waiters) - self.growing, max_per_actor - self.size)
+
+
+@dataclass(frozen=True, eq=False)
+class _Replace:
+    """A sandbox to kill first (an evicted idle one of another actor, or a warm one
+    that cannot serve the actor); its slot, still counted, passes to the new one."""
+
+    sandbox: Sandbox
+
+
+_Claim = Sandbox | _Replace | Literal["new"]
+"""Room reserved for one growth: a warm sandbox to load, a sandbox to replace, or a
+new slot already counted."""
+
 
 class _LanguagePool:
-    """Bookkeeping of one language: warm sandboxes and the capacity count."""
+    """Bookkeeping of one language: warm sandboxes, the capacity count, the actors
+    with calls waiting for a sandbox."""
 
     def __init__(self, language: Language) -> None:
         self.language = language
         self.warm: deque[Sandbox] = deque()
         self.count = 0  # live sandboxes of this language, plus ones being spawned
         self.spawning_warm = 0
-        self.changed: asyncio.Future[None] | None = None
         self.reached_minimum = False
+        # Actors that had calls waiting (an ordered set; pruned as their queues empty).
+        self.waiting: dict[_ActorGroup, None] = {}
+        self.yielding = 0  # sandboxes being killed to give their slot to a starved actor
+        self.failure: str | None = None  # why the latest start failed (None: it worked)
 
-    def notify(self) -> None:
-        """Wake every caller waiting for capacity of this language."""
-        if self.changed is not None and not self.changed.done():
-            self.changed.set_result(None)
-        self.changed = None
 
-    def wait_changed(self) -> asyncio.Future[None]:
-        if self.changed is None or self.changed.done():
-            self.changed = asyncio.get_running_loop().create_future()
-        return self.changed
+async def _done_or_timeout(
+    loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], timeout: float
+) -> None:
+    """Return once ``future`` is done or after ``timeout`` seconds, never cancelling it.
+
+    ``asyncio.wait({future}, timeout=...)`` without its sets and checks: every call queued
+    for a busy actor waits here, so it is on the hot path under load. Cancellation of the
+    caller propagates, as with ``asyncio.wait``.
+    """
+    wake: asyncio.Future[None] = loop.create_future()
+
+    def done(_: object) -> None:
+        if not wake.done():
+            wake.set_result(None)
+
+    future.add_done_callback(done)
+    timer = loop.call_later(timeout, done, None)
+    try:
+        await wake
+    finally:
+        timer.cancel()
+        future.remove_done_callback(done)
 
 
 class SandboxPool:
@@ -151,6 +204,18 @@ class SandboxPool:
         """Whether every language has reached its ``min_instances`` at least once."""
         return all(pool.reached_minimum for pool in self._languages.values())
 
+    def start_failures(self) -> dict[Language, str]:
+        """Languages whose sandboxes cannot be started now (their latest start failed
+        and none is warm), with the backend's reason: for /ready, after the pool
+        warmed once (an engine restarted, a binary gone, a full disk)."""
+        return {
+            language: pool.failure
+            for language, pool in self._languages.items()
+            if pool.failure is not None
+            and not pool.warm
+            and self._settings.pool.for_language(language).min_instances > 0
+        }
+
     async def wait_warmed(self, timeout: float) -> bool:
         """Wait until :attr:`warmed` (for tests and the CLI); False on timeout."""
         deadline = time.monotonic() + timeout
@@ -173,7 +238,7 @@ class SandboxPool:
         for pool in self._languages.values():
             while pool.warm:
                 closing.append((pool.language, pool.warm.popleft()))
-            pool.notify()
+            pool.waiting.clear()
         for group in self._groups.values():
             for waiter in group.waiters:
                 if not waiter.done():
@@ -209,8 +274,10 @@ class SandboxPool:
         try:
             outputs = await member.sandbox.call(context, state, events, timeout=limit)
         except SandboxError as error:
-            if error.destroys_sandbox or not member.sandbox.alive:
+            if error.destroys_sandbox:
                 member.discard_reason = error.kind
+            elif not member.sandbox.alive:
+                member.discard_reason = _retire_label(member.sandbox)
             self._release(member)
             raise
         except BaseException:
@@ -226,6 +293,14 @@ class SandboxPool:
         group = self._groups.pop(actor_key, None)
         if group is None:
             return
+        while group.waiters:
+            waiter = group.waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(
+                    SandboxError(
+                        "unavailable", f"actor {actor_key!r} was unloaded while the call waited"
+                    )
+                )
         for member in list(group.members):
             if member.busy:
                 member.discard_reason = "unload"
@@ -261,48 +336,64 @@ class SandboxPool:
     def _group_for(self, actor: ActorSource) -> _ActorGroup:
         group = self._groups.get(actor.key)
         if group is None or group.actor != actor:
+            waiters: deque[asyncio.Future[_Bound]] = deque()
             if group is not None:
-                # The script changed under the same name: old sandboxes must not serve it.
+                # The script changed under the same name: old sandboxes must not serve it;
+                # the calls waiting for one wait for the new script's instead.
                 self._groups.pop(actor.key)
+                waiters, group.waiters = group.waiters, deque()
                 for member in group.members:
                     member.discard_reason = "reloaded"
                     if not member.busy:
                         self._forget(member)
                         self._spawn_task(self._kill(actor.language, member.sandbox, "reloaded"))
-            group = _ActorGroup(actor)
+            group = _ActorGroup(actor, waiters=waiters)
             self._groups[actor.key] = group
+            if waiters:
+                self._languages[actor.language].waiting[group] = None
         return group
 
     async def _acquire(self, actor: ActorSource) -> _Bound:
         if self._closing:
             raise SandboxError("unavailable", "the server is shutting down")
         group = self._group_for(actor)
-        if not group.waiters and group.idle:
+        while not group.waiters and group.idle:
             member = group.idle.pop()
+            if not member.sandbox.alive:
+                # It became unusable while idle (e.g. an uncaught exception after its
+                # call): replaced before it serves this call.
+                self._retire(member)
+                group = self._group_for(actor)
+                continue
             member.busy = True
             return member
+        settings = self._settings.pool
+        room = max(0, settings.max_per_actor - len(group.members))
+        if len(group.waiters) >= room + settings.max_queued_per_actor:
+            raise SandboxError(
+                "pool_exhausted",
+                f"actor {actor.key!r} already has {len(group.waiters)} calls waiting for a "
+                f"sandbox (it runs in {len(group.members)} of max_per_actor "
+                f"{settings.max_per_actor}; max_queued_per_actor "
+                f"{settings.max_queued_per_actor}): the call was refused at once",
+                details={"reason": "queue_full", "queued": len(group.waiters)},
+            )
         started = time.monotonic()
-        deadline = started + self._settings.pool.acquire_timeout
-        waiter: asyncio.Future[_Bound] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[_Bound] = loop.create_future()
         group.waiters.append(waiter)
-        pool = self._languages[actor.language]
+        self._languages[actor.language].waiting[group] = None
+        self._schedule_growth(actor.language)
         try:
-            while not waiter.done():
-                if self._can_grow(group):
-                    await self._grow(group)
-                    continue
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                wake_on: set[asyncio.Future[Any]] = {waiter, pool.wait_changed()}
-                await asyncio.wait(wake_on, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
             if not waiter.done():
-                pool_settings = self._settings.pool
+                await _done_or_timeout(loop, waiter, settings.acquire_timeout)
+            if not waiter.done():
                 raise SandboxError(
                     "pool_exhausted",
                     f"no {actor.language} sandbox for actor {actor.key!r} within "
-                    f"{pool_settings.acquire_timeout:g} s (max_instances "
-                    f"{self._max(actor.language)}, max_per_actor {pool_settings.max_per_actor})",
+                    f"{settings.acquire_timeout:g} s (max_instances "
+                    f"{self._max(actor.language)}, max_per_actor {settings.max_per_actor})",
+                    details={"reason": "timeout"},
                 )
             member = waiter.result()
         except BaseException:
@@ -320,116 +411,131 @@ class SandboxPool:
         elif not waiter.done():
             waiter.cancel()
 
-    def _can_grow(self, group: _ActorGroup) -> bool:
-        if len(group.members) + group.growing >= self._settings.pool.max_per_actor:
-            return False
-        if group.growing >= len(group.waiters):
-            return False  # enough sandboxes are already coming for the waiting calls
-        return self._has_capacity(group.actor.language)
-
-    def _has_capacity(self, language: Language) -> bool:
-        pool = self._languages[language]
-        if pool.warm or pool.count < self._max(language):
-            return True
-        return self._evictable(language) is not None
-
     def _max(self, language: Language) -> int:
         return self._settings.pool.for_language(language).max_instances
 
-    def _evictable(self, language: Language) -> _Bound | None:
-        """The least recently used idle sandbox of another actor of this language."""
+    def _schedule_growth(self, language: Language) -> None:
+        """Bind more sandboxes for waiting calls of this language while it has capacity.
+
+        Called whenever capacity or demand changes. The actor with the fewest sandboxes
+        (bound or being bound) goes first, so an actor flooding the node cannot take
+        the capacity other actors wait for; within an actor, a sandbox goes to the
+        oldest waiting call (see :meth:`_hand_over`).
+        """
+        if self._closing:
+            return
+        pool = self._languages[language]
+        cap = self._settings.pool.max_per_actor
+        while pool.waiting:
+            best: _ActorGroup | None = None
+            for group in list(pool.waiting):
+                if not group.waiters or self._groups.get(group.actor.key) is not group:
+                    del pool.waiting[group]
+                elif group.wanted(cap) > 0 and (best is None or group.size < best.size):
+                    best = group
+            if best is None:
+                return
+            claim = self._claim_capacity(language, best.size, best.actor.package_dirs)
+            if claim is None:
+                return
+            best.growing += 1
+            self._spawn_task(self._grow(best, claim))
+
+    def _claim_capacity(
+        self, language: Language, size: int, package_dirs: tuple[str, ...] = ()
+    ) -> _Claim | None:
+        """Reserve room for one more sandbox of an actor that holds ``size``: a warm
+        sandbox, a new slot (already counted), or a sandbox to replace: an idle one of
+        another actor that holds more, or, for an actor with ``package_dirs`` of its own
+        (it always gets a new sandbox that mounts them), a warm one. None when the
+        language is at capacity with nothing to take."""
+        pool = self._languages[language]
+        while pool.warm and not package_dirs:
+            sandbox = pool.warm.popleft()
+            self._refill(language)
+            if sandbox.alive:
+                return sandbox
+            self._spawn_task(self._kill(language, sandbox, "crashed"))
+        if pool.count < self._max(language):
+            pool.count += 1
+            return "new"
+        if package_dirs and pool.warm:
+            return _Replace(pool.warm.popleft())
+        victim = self._evictable(language, size)
+        if victim is None:
+            return None
+        self._forget(victim)
+        return _Replace(victim.sandbox)
+
+    def _evictable(self, language: Language, size: int) -> _Bound | None:
+        """The least recently used idle sandbox of another actor of this language that
+        holds more than ``size`` sandboxes (a busy actor does not evict the one
+        sandbox of a quieter one, which would then start cold on its next call)."""
         oldest: _Bound | None = None
         for group in self._groups.values():
-            if group.actor.language != language or group.waiters:
+            if group.actor.language != language or group.waiters or group.size <= size:
                 continue
             for member in group.idle:
                 if oldest is None or member.last_used < oldest.last_used:
                     oldest = member
         return oldest
 
-    async def _grow(self, group: _ActorGroup) -> None:
-        """Bind one more sandbox to the actor and hand it to the oldest waiter."""
+    async def _grow(self, group: _ActorGroup, claim: _Claim) -> None:
+        """Bind one more sandbox to the actor and hand it to the oldest waiter; the
+        caller counted it in ``group.growing`` and reserved ``claim`` for it."""
         actor = group.actor
-        group.growing += 1
+        language = actor.language
+        sandbox: Sandbox | None = None
         try:
-            sandbox = await self._take_sandbox(actor.language, actor.package_dirs)
-            if sandbox is None:
-                group.growing -= 1
-                return
-            try:
-                await sandbox.load(actor)
-            except BaseException as error:
+            if isinstance(claim, _Replace):
+                # Wait for the kill so that the hard cap holds; its slot is ours.
+                await self._kill(language, claim.sandbox, "evicted", counted=False)
+            if isinstance(claim, Sandbox):
+                sandbox = claim
+            else:
+                sandbox = await self._spawn(language, actor.package_dirs)
+            await sandbox.load(actor)
+        except BaseException as error:
+            group.growing -= 1
+            if sandbox is not None:
                 reason = error.kind if isinstance(error, SandboxError) else "load_failed"
-                self._languages[actor.language].count -= 1
-                self._spawn_task(self._kill(actor.language, sandbox, reason, counted=False))
-                raise
-        except SandboxError as error:
+                self._spawn_task(self._kill(language, sandbox, reason))
+            else:
+                self._languages[language].count -= 1
+            if not isinstance(error, Exception):
+                raise  # cancelled: the pool is closing
+            if not isinstance(error, SandboxError):
+                log.exception("starting a %s sandbox for %s failed", language, actor.key)
+                error = SandboxError("unavailable", f"could not start a {language} sandbox")
             # A script that does not load (or a backend that cannot start) fails the
             # oldest call; the others may still try.
-            group.growing -= 1
-            if group.waiters:
+            while group.waiters:
                 first = group.waiters.popleft()
                 if not first.done():
                     first.set_exception(error)
+                    break
+            self._schedule_growth(language)
             return
-        except BaseException:
-            group.growing -= 1
-            raise
         group.growing -= 1
-        member = _Bound(sandbox, group)
         if self._groups.get(actor.key) is not group or self._closing:
-            self._languages[actor.language].count -= 1
-            self._spawn_task(self._kill(actor.language, sandbox, "unload", counted=False))
+            self._spawn_task(self._kill(language, sandbox, "unload"))
             return
+        member = _Bound(sandbox, group)
         group.members.append(member)
         self._hand_over(member)
 
-    async def _take_sandbox(
-        self, language: Language, package_dirs: tuple[str, ...] = ()
-    ) -> Sandbox | None:
-        """A ready, unloaded sandbox: a warm one, a new one, or a new one in place of an
-        evicted idle one; None when the language is at capacity with nothing to evict.
-        An actor with ``package_dirs`` of its own always gets a new one that mounts them."""
-        pool = self._languages[language]
-        while True:
-            while pool.warm and not package_dirs:
-                sandbox = pool.warm.popleft()
-                self._refill(language)
-                if sandbox.alive:
-                    return sandbox
-                self._spawn_task(self._kill(language, sandbox, "crashed"))
-            if pool.count < self._max(language):
-                break
-            if package_dirs and pool.warm:
-                # A warm sandbox cannot serve this actor: its slot is taken over (killed
-                # first, so that the hard cap holds).
-                await self._kill(language, pool.warm.popleft(), "evicted", counted=False)
-                return await self._spawn_in_slot(language, package_dirs)
-            victim = self._evictable(language)
-            if victim is None:
-                return None
-            self._forget(victim)
-            # Wait for the kill so that the hard cap holds, then look again.
-            await self._kill(language, victim.sandbox, "evicted")
-        pool.count += 1
-        return await self._spawn_in_slot(language, package_dirs)
-
-    async def _spawn_in_slot(self, language: Language, package_dirs: tuple[str, ...]) -> Sandbox:
-        """Spawn into a slot already counted; the slot is given back if the spawn fails."""
-        pool = self._languages[language]
-        try:
-            return await self._spawn(language, package_dirs)
-        except BaseException:
-            pool.count -= 1
-            pool.notify()
-            raise
-
     async def _spawn(self, language: Language, package_dirs: tuple[str, ...] = ()) -> Sandbox:
         started = time.monotonic()
-        if package_dirs:
-            sandbox = await self._backend.spawn(language, package_dirs=package_dirs)
-        else:
-            sandbox = await self._backend.spawn(language)
+        pool = self._languages[language]
+        try:
+            if package_dirs:
+                sandbox = await self._backend.spawn(language, package_dirs=package_dirs)
+            else:
+                sandbox = await self._backend.spawn(language)
+        except Exception as error:
+            pool.failure = str(error) or type(error).__name__
+            raise
+        pool.failure = None
         self._observer.sandbox_started(language, time.monotonic() - started)
         return sandbox
 
@@ -440,18 +546,52 @@ class SandboxPool:
         member.calls += 1
         member.last_used = time.monotonic()
         group = member.group
+        strays = member.sandbox.take_stray_frames()
+        if strays:
+            self._observer.stray_frames_dropped(group.actor.language, strays)
         reason = member.discard_reason
         if reason is None and not member.sandbox.alive:
-            reason = "crashed"
+            reason = _retire_label(member.sandbox)
         if reason is None and member.calls >= self._settings.pool.max_calls:
             reason = "recycled"
         if reason is None and self._groups.get(group.actor.key) is not group:
             reason = "unload"
+        if reason is None and group.waiters and self._owes_a_sandbox(group):
+            self._forget(member)
+            self._languages[group.actor.language].yielding += 1
+            self._spawn_task(self._give_up(member))
+            return
         if reason is not None:
             self._forget(member)
             self._spawn_task(self._kill(group.actor.language, member.sandbox, reason))
             return
         self._hand_over(member)
+
+    def _owes_a_sandbox(self, group: _ActorGroup) -> bool:
+        """Whether the actor holds more than its share of a full language: an actor
+        with at least two sandboxes fewer has calls waiting for capacity, and no
+        other sandbox is already being given up for it."""
+        language = group.actor.language
+        pool = self._languages[language]
+        if not pool.waiting or pool.yielding or pool.warm or pool.count < self._max(language):
+            return False
+        cap = self._settings.pool.max_per_actor
+        return any(
+            other is not group
+            and other.wanted(cap) > 0
+            and other.size + 1 < group.size
+            and self._groups.get(other.actor.key) is other
+            for other in pool.waiting
+        )
+
+    async def _give_up(self, member: _Bound) -> None:
+        """Kill a sandbox of an actor over its share (``yielding`` was counted by the
+        caller); the freed slot goes to the starved actor."""
+        pool = self._languages[member.group.actor.language]
+        try:
+            await self._kill(pool.language, member.sandbox, "rebalanced")
+        finally:
+            pool.yielding -= 1
 
     def _hand_over(self, member: _Bound) -> None:
         """Give a free sandbox to the oldest live waiter of its actor, or park it idle."""
@@ -464,7 +604,7 @@ class SandboxPool:
                 return
         member.busy = False
         group.idle.append(member)
-        self._languages[group.actor.language].notify()  # it may be evicted for another actor
+        self._schedule_growth(group.actor.language)  # it may be evicted for another actor
 
     def _forget(self, member: _Bound) -> None:
         """Take a bound sandbox out of its group (the caller kills it)."""
@@ -476,10 +616,19 @@ class SandboxPool:
         if not group.members and not group.waiters and self._groups.get(group.actor.key) is group:
             del self._groups[group.actor.key]
 
+    def _retire(self, member: _Bound) -> None:
+        """Throw away a bound sandbox that may not serve again (see ``Sandbox.retire_reason``)."""
+        self._forget(member)
+        language = member.group.actor.language
+        self._spawn_task(self._kill(language, member.sandbox, _retire_label(member.sandbox)))
+
     async def _kill(
         self, language: Language, sandbox: Sandbox, reason: str, *, counted: bool = True
     ) -> None:
         """Close a sandbox; ``counted`` means it still occupies capacity until closed."""
+        strays = sandbox.take_stray_frames()
+        if strays:
+            self._observer.stray_frames_dropped(language, strays)
         try:
             await sandbox.close()
         except Exception:  # a sandbox that fails to close must not stop the pool
@@ -489,9 +638,8 @@ class SandboxPool:
             if counted:
                 pool.count -= 1
             self._observer.sandbox_killed(language, reason)
-            pool.notify()
-            if not self._closing:
-                self._refill(language)
+            self._schedule_growth(language)
+            self._refill(language)
 
     # -- background work ------------------------------------------------------------------
 
@@ -534,7 +682,7 @@ class SandboxPool:
         pool.warm.append(sandbox)
         if len(pool.warm) >= self._settings.pool.for_language(language).min_instances:
             pool.reached_minimum = True
-        pool.notify()
+        self._schedule_growth(language)
 
     async def _reap_idle_forever(self) -> None:
         idle_timeout = self._settings.pool.idle_timeout
@@ -546,13 +694,21 @@ class SandboxPool:
     def _reap_idle(self, used_before: float) -> None:
         for group in list(self._groups.values()):
             for member in list(group.idle):
-                if member.last_used < used_before:
+                if not member.sandbox.alive:
+                    self._retire(member)
+                elif member.last_used < used_before:
                     self._forget(member)
                     self._spawn_task(self._kill(group.actor.language, member.sandbox, "idle"))
         for language, pool in self._languages.items():
             for sandbox in [s for s in pool.warm if not s.alive]:
                 pool.warm.remove(sandbox)
                 self._spawn_task(self._kill(language, sandbox, "crashed"))
+
+
+def _retire_label(sandbox: Sandbox) -> str:
+    """The kill reason (a metrics label) for a sandbox that is no longer alive."""
+    reason = sandbox.retire_reason
+    return "crashed" if reason is None or reason == "crashed" else "retired"
 
 
 _ids = itertools.count(1)

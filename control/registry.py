@@ -43,6 +43,16 @@ _LANGUAGE_ALIASES: dict[str, Language] = {
 _SKIPPED_DIRS = {"__pycache__", "node_modules"}
 
 
+def language_named(name: object) -> Language | None:
+    """The language a ``load`` request's ``language`` names (any of
+    :data:`LANGUAGE_NAMES`, case-insensitive), or None."""
+    return _LANGUAGE_ALIASES.get(name.lower()) if isinstance(name, str) else None
+
+
+LANGUAGE_NAMES = ", ".join(_LANGUAGE_ALIASES)
+"""Every language name ``load`` accepts, for error messages."""
+
+
 class RegistryError(ValueError):
     """A user-facing reason why an actor cannot be found, loaded or registered."""
 
@@ -180,11 +190,9 @@ class ActorRegistry:
             )
         if not isinstance(source, str) or not isinstance(name, str):
             raise RegistryError("source and name must be strings")
-        lang = _LANGUAGE_ALIASES.get(language.lower()) if isinstance(language, str) else None
+        lang = language_named(language)
         if lang is None:
-            raise RegistryError(
-                f"unsupported language {language!r} (allowed: python, nodejs, node, javascript, js)"
-            )
+            raise RegistryError(f"unsupported language {language!r} (allowed: {LANGUAGE_NAMES})")
         if not valid_name(name):
             raise RegistryError(f"invalid actor name {name!r}")
         if not isinstance(namespace, str) or not all(
@@ -273,7 +281,8 @@ class ActorRegistry:
         if parts and not all(valid_name(part) for part in parts):
             raise RegistryError(f"{path}: its folder cannot name a namespace")
         try:
-            extracted = extract(source, language, relative.stem, real)
+            # Messages name the file as its folder does (they may reach clients).
+            extracted = extract(source, language, relative.stem, relative.as_posix())
         except NotAnActor:
             raise
         except MetadataError as error:
@@ -284,7 +293,7 @@ class ActorRegistry:
                 namespace=namespace,
                 language=language,
                 source=source,
-                filename=real,
+                filename=relative.as_posix(),
             ),
             metadata=extracted.metadata,
             path=real,

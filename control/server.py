@@ -125,6 +125,8 @@ class Server:
                 for language in LANGUAGES
             )
             reasons.append(f"the sandbox pool has not warmed yet (min_instances: {wanted})")
+        for language, failure in self.pool.start_failures().items():
+            reasons.append(f"{language} sandboxes cannot be started: {failure}")
         problem = await self.store.health()
         if problem is not None:
             reasons.append(f"state store: {problem}")

@@ -6,15 +6,21 @@
         server.start()              # and comes back on the same port
 
 ``persist=True`` keeps the data across stop/start (append-only file in the temp
-dir); by default a restarted server is empty. Every server still running when the
-interpreter exits is killed, and its temp dir removed.
+dir); by default a restarted server is empty. ``conf`` runs a rendered redis.conf
+(templates/redis.conf.j2) with only the address, port and paths overridden; give
+its ``requirepass`` as ``password``. ``pause()``/``resume()`` freeze the process
+(SIGSTOP/SIGCONT: Redis unreachable, connections hang) and ``kill()`` SIGKILLs it.
+Every server still running when the interpreter exits is killed, and its temp dir
+removed.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -33,11 +39,19 @@ class RedisServerError(RuntimeError):
 class RedisServer:
     """One redis-server process bound to 127.0.0.1, started and stopped by the test."""
 
-    def __init__(self, *, password: str | None = None, persist: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        password: str | None = None,
+        persist: bool = False,
+        port: int = 0,
+        conf: Path | None = None,
+    ) -> None:
         self.password = password
         self.persist = persist
+        self.conf = conf
         self.host = "127.0.0.1"
-        self.port = 0
+        self.port = port
         self._dir: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
         _LIVE.add(self)
@@ -100,6 +114,23 @@ class RedisServer:
         self.stop()
         return self.start()
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self.running and self._process is not None else None
+
+    def pause(self) -> None:
+        """Freeze the process (SIGSTOP): it keeps its sockets but answers nothing."""
+        if self._process is not None:
+            os.kill(self._process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._process is not None:
+            os.kill(self._process.pid, signal.SIGCONT)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: no shutdown, no final fsync (the port is kept)."""
+        self._kill()
+
     def close(self) -> None:
         """Stop the server and remove its temp dir; idempotent."""
         self.stop()
@@ -120,6 +151,17 @@ class RedisServer:
 
     def _command(self) -> list[str]:
         assert self._dir is not None
+        if self.conf is not None:
+            return [
+                "redis-server", str(self.conf),
+                "--bind", self.host,
+                "--port", str(self.port),
+                "--dir", str(self._dir),
+                "--logfile", str(self._dir / "redis.log"),
+                "--pidfile", str(self._dir / "redis.pid"),
+                "--daemonize", "no",
+                "--supervised", "no",
+            ]  # fmt: skip
         command = [
             "redis-server",
             "--bind", self.host,
@@ -148,6 +190,8 @@ class RedisServer:
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
             process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGCONT)  # a paused process dies only when resumed
             process.wait(timeout=10)
 
 

@@ -25,6 +25,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from ..config import Language
+from ..jsonlimits import MAX_MESSAGE_DEPTH, depth_message, nesting_exceeds
 
 JSON = Any
 
@@ -75,10 +76,14 @@ class DeployRequest(BaseModel):
 
 
 def parse_deploy(body: bytes) -> DeployRequest:
-    """The deploy request in ``body``; :class:`DeployError` (400) naming each bad field."""
+    """The deploy request in ``body``; :class:`DeployError` (400) naming each bad field,
+    or the nesting limit (:data:`~..jsonlimits.MAX_MESSAGE_DEPTH`) for a body nested deeper."""
+    if nesting_exceeds(body, MAX_MESSAGE_DEPTH):
+        # Python's json recurses once per level: refuse before it exhausts the stack.
+        raise DeployError(400, depth_message("the body", MAX_MESSAGE_DEPTH), "bad_request")
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as error:
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
         raise DeployError(400, f"the body is not JSON: {error}", "bad_request") from None
     if not isinstance(data, dict):
         raise DeployError(

@@ -45,7 +45,7 @@ from .model import (
     unknown_status,
 )
 from .store import FunctionStore
-from .syntax import CHECKER_FILENAME, checker_source, problem_from_load_error
+from .syntax import CHECKER_FILENAME, NO_ACTOR, checker_source, problem_from_load_error
 
 log = logging.getLogger(__name__)
 
@@ -233,9 +233,13 @@ class FunctionService:
         ttl = self._settings.idle_timeout
         if await self._store.load_code(code.digest, ttl) is not None:
             return False
-        problem = await self._check_syntax(code.runtime, code.code, filename)
+        # With dependencies the module body cannot run yet (they are not installed).
+        problem = await self._check_syntax(
+            code.runtime, code.code, filename, run=not code.dependencies
+        )
         if problem is not None:
-            raise DeployError(422, problem, "syntax_error")
+            outcome = "no_actor" if problem.startswith(NO_ACTOR) else "syntax_error"
+            raise DeployError(422, problem, outcome)
         await self._store.save_code(code.digest, code.to_bytes(), ttl)
         return True
 
@@ -250,13 +254,16 @@ class FunctionService:
         if problem is not None:
             raise DeployError(503, problem, "dependency_error")
 
-    async def _check_syntax(self, language: Language, source: str, filename: str) -> str | None:
-        """The compiler's complaint about ``source``, or None; compiled in a sandbox."""
+    async def _check_syntax(
+        self, language: Language, source: str, filename: str, *, run: bool
+    ) -> str | None:
+        """The compiler's complaint about ``source`` (or that it defines no actor), or
+        None; checked in a sandbox (see :mod:`.syntax`; ``run``: JavaScript's body may run)."""
         checker = ActorSource(
             name="syntax-check",
             namespace=f"msb.check.{new_function_id()}",
             language=language,
-            source=checker_source(language, source, filename),
+            source=checker_source(language, source, filename, run=run),
             filename=CHECKER_FILENAME,
         )
         context = CallContext(actor_id="syntax-check", namespace=checker.namespace)

@@ -112,7 +112,17 @@ class Sandbox(abc.ABC):
     @property
     @abc.abstractmethod
     def alive(self) -> bool:
-        """False once the runner has exited or was killed."""
+        """False once the runner has exited or was killed, or must not serve another call."""
+
+    @property
+    def retire_reason(self) -> str | None:
+        """Why the sandbox may not serve another call (None while :attr:`alive`): for
+        example an uncaught exception outside a call, or a call that left processes."""
+        return None if self.alive else "crashed"
+
+    def take_stray_frames(self) -> int:
+        """Frames dropped because they arrived outside their call, since the last take."""
+        return 0
 
     @abc.abstractmethod
     async def load(self, actor: ActorSource) -> Mapping[str, JSON]:

@@ -5,8 +5,8 @@ through the engine's ``/containers/{id}/attach`` endpoint (no bind mounts, so th
 images work when the control plane itself runs in a container). Without a TTY the engine
 multiplexes the output: every chunk is preceded by an 8-byte header (stream type, three
 zero bytes, big-endian payload length). :class:`StdStreamDemuxer` undoes that as a
-sans-I/O parser; :func:`open_attached_streams` wraps the hijacked socket for asyncio so
-the shared runner client sees plain byte streams.
+sans-I/O parser; :func:`open_attached_streams` connects the hijacked socket to the runner client
+(an asyncio protocol), which sees the plain stdout byte stream.
 
 The engine copies the container's stdout and stderr in separate goroutines, so bytes a
 script wrote raw to fd 1/2 (the stderr stream) may arrive after the call's result frame
@@ -118,23 +118,23 @@ class EndMarkerScanner:
         return parts
 
 
-class _DemuxingProtocol(asyncio.StreamReaderProtocol):
-    """Feeds stdout payloads to the StreamReader and stderr payloads to a pump task.
+class _DemuxingProtocol(asyncio.Protocol):
+    """Passes stdout payloads to the target protocol and stderr payloads to a pump task.
 
     Stderr is buffered up to :data:`STDERR_HIGH_WATER` bytes; above that the socket stops
     being read until the consumer has caught up, so a script flooding its stderr slows
-    itself down instead of filling the control plane's memory.
+    itself down instead of filling the control plane's memory. The target may pause and
+    resume reading too (through the transport this protocol hands it).
     """
 
     def __init__(
         self,
-        reader: asyncio.StreamReader,
+        target: asyncio.Protocol,
         on_stderr: Callable[[bytes], Awaitable[None]] | None,
     ) -> None:
-        super().__init__(reader)
         self._attach_demuxer = StdStreamDemuxer()
         self._attach_on_stderr = on_stderr
-        self._attach_stdout_reader = reader
+        self._attach_target = target
         self._attach_stderr = bytearray()
         self._attach_stderr_ready = asyncio.Event()
         self._attach_closed = False
@@ -145,19 +145,21 @@ class _DemuxingProtocol(asyncio.StreamReaderProtocol):
             self.pump = asyncio.get_running_loop().create_task(self._pump(on_stderr))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         self._attach_transport = cast(asyncio.Transport, transport)
+        self._attach_target.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
         try:
             chunks = self._attach_demuxer.feed(data)
         except DemuxError as error:
-            self._attach_stdout_reader.set_exception(error)
+            log.warning("closing a container's attach stream: %s", error)
+            if self._attach_transport is not None:
+                self._attach_transport.close()
             return
         for stream, payload in chunks:
             if stream == STDOUT:
-                super().data_received(payload)
+                self._attach_target.data_received(payload)
             elif stream == STDERR and self._attach_on_stderr is not None and payload:
                 self._attach_stderr += payload
                 self._attach_stderr_ready.set()
@@ -169,10 +171,19 @@ class _DemuxingProtocol(asyncio.StreamReaderProtocol):
             self._attach_paused = True
             self._attach_transport.pause_reading()
 
+    def eof_received(self) -> bool | None:
+        return None
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._attach_closed = True
         self._attach_stderr_ready.set()
-        super().connection_lost(exc)
+        self._attach_target.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._attach_target.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._attach_target.resume_writing()
 
     async def _pump(self, consumer: Callable[[bytes], Awaitable[None]]) -> None:
         while True:
@@ -198,25 +209,24 @@ class _DemuxingProtocol(asyncio.StreamReaderProtocol):
 
 async def open_attached_streams(
     sock: socket.socket,
+    target: asyncio.Protocol,
     *,
-    limit: int = 2**16,
     on_stderr: Callable[[bytes], Awaitable[None]] | None = None,
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Wrap a hijacked attach socket: writes go to the container's stdin, reads are stdout.
+) -> asyncio.BaseTransport:
+    """Connect ``target`` to a hijacked attach socket: its writes go to the container's
+    stdin, and it receives the container's stdout, demultiplexed.
 
     ``on_stderr`` receives the container's stderr in order, from a task of its own.
-    Closing the writer closes the socket; with ``stdin_once`` the engine then closes the
-    container's stdin, so the runner sees end of input and exits.
+    Closing the transport closes the socket; with ``stdin_once`` the engine then closes
+    the container's stdin, so the runner sees end of input and exits.
     """
     loop = asyncio.get_running_loop()
     sock.setblocking(False)
-    reader = asyncio.StreamReader(limit=limit, loop=loop)
-    protocol = _DemuxingProtocol(reader, on_stderr)
+    protocol = _DemuxingProtocol(target, on_stderr)
     try:
         transport, _ = await loop.create_connection(lambda: protocol, sock=sock)
     except BaseException:
         if protocol.pump is not None:
             protocol.pump.cancel()
         raise
-    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-    return reader, writer
+    return transport

@@ -85,35 +85,36 @@ class DockerSandbox(Sandbox):
         self._marker_seen = 0
         self._marker_arrived = asyncio.Event()
         self._call_deadline = 0.0
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._transport: asyncio.BaseTransport | None = None
         self._runner: RunnerClient | None = None
         self._closed = False
         self._close_lock = asyncio.Lock()
 
     async def connect(self) -> None:
         """Open the attached streams and wait for the runner's ``ready``."""
-        reader, writer = await open_attached_streams(self._launched.sock, on_stderr=self._stderr)
-        self._reader, self._writer = reader, writer
-        self._runner = RunnerClient(
-            reader,
-            writer,
+        runner = self._runner = RunnerClient(
             max_output_bytes=self._backend.settings.max_output_bytes,
             death_report=self._death_report,
             flush_side_channel=self._await_end_marker,
             label=f"the {self.language} runner in container {self.container_id[:12]}",
         )
-        await self._runner.wait_ready(READY_TIMEOUT)
+        self._transport = await open_attached_streams(
+            self._launched.sock, runner, on_stderr=self._stderr
+        )
+        await runner.wait_ready(READY_TIMEOUT)
 
     @property
     def alive(self) -> bool:
-        return (
-            not self._closed
-            and self._runner is not None
-            and not self._runner.broken
-            and self._reader is not None
-            and not self._reader.at_eof()
-        )
+        return not self._closed and self._runner is not None and self._runner.retire_reason is None
+
+    @property
+    def retire_reason(self) -> str | None:
+        if self._closed or self._runner is None:
+            return "crashed"
+        return self._runner.retire_reason
+
+    def take_stray_frames(self) -> int:
+        return self._runner.take_stray_frames() if self._runner is not None else 0
 
     def _client(self) -> RunnerClient:
         if self._runner is None or self._closed:
@@ -211,8 +212,8 @@ class DockerSandbox(Sandbox):
                 return
             self._closed = True
             self._backend.forget(self)
-            if self._writer is not None:
-                self._writer.close()
+            if self._transport is not None:
+                self._transport.close()
             else:
                 self._launched.sock.close()
             await asyncio.to_thread(engine.remove, self._backend.client, self.container_id)

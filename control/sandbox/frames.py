@@ -8,16 +8,19 @@ ours) speak it over the runner's private pipe. :class:`FrameDecoder` takes bytes
 and returns messages; :func:`encode_frame` turns a message into bytes. Neither does
 I/O, so tests drive them directly and both backends share them.
 
-Messages, control plane -> runner:
+Every frame that belongs to a call carries its id as ``"call"`` (an int the control
+plane picks, increasing per runner), so a frame that arrives after its call answered (from
+a thread, a timer, an unawaited task) is recognized and dropped instead of reaching the
+next call. Messages, control plane -> runner:
 
 ``{"type": "load", "source": str, "filename": str, "name": str, "namespace": str}``
     Load the actor's script (once per sandbox).
-``{"type": "call", "id": int, "context": {...}}``
+``{"type": "call", "call": int, "context": {...}}``
     Run ``process(context)`` once; the context has ``actor_id``, ``namespace``,
     ``payload``, ``config``, ``timestamp``.
-``{"type": "state_result", "id": int, "ok": true, "value": any}``
+``{"type": "state_result", "call": int, "id": int, "ok": true, "value": any}``
     The answer to a ``state`` request of the running call, or on failure
-    ``{"type": "state_result", "id": int, "ok": false, "error": str}``.
+    ``{"type": "state_result", "call": int, "id": int, "ok": false, "error": str}``.
 
 Messages, runner -> control plane:
 
@@ -25,19 +28,30 @@ Messages, runner -> control plane:
     The runner started and waits for ``load`` (sent once, first).
 ``{"type": "loaded", "metadata": object}``
     The script loaded; ``metadata`` is what its ``@actor`` / ``metadata`` declared.
-``{"type": "output", "port": str, "data": any}``
+``{"type": "output", "call": int, "port": str, "data": any}``
     ``send_output`` during a call: forwarded at once.
-``{"type": "log", "level": str, "message": str}``
-    ``log(...)``, and anything the script wrote to stdout/stderr.
-``{"type": "state", "id": int, "op": "get"|"set"|"delete"|"increment", "key": str, ...}``
+``{"type": "log", "call": int|null, "level": str, "message": str}``
+    ``log(...)``, and anything the script wrote to stdout/stderr (``call`` is the call
+    the writing code belongs to: null while loading).
+``{"type": "state", "call": int, "id": int, "op": "get"|"set"|"delete"|"increment",``
+``"key": str, ...}``
     A state request (``default`` for get, ``value`` for set, ``by`` for increment).
-``{"type": "result", "id": int, "outputs": object}``
-    The call finished; ``outputs`` maps port -> value.
-``{"type": "error", "id": int|null, "kind": str, "error_type": str, "message": str,``
-``"traceback": str}``
-    The load or call failed: ``kind`` is ``load_error``, ``script_error``, ``memory``
-    or ``state_error`` (see ``base.ErrorKind``); the traceback is trimmed to the
-    user's code.
+``{"type": "result", "call": int, "outputs": object, "lingering": bool}``
+    The call finished; ``outputs`` maps port -> value. ``lingering`` (optional) says the
+    call left child processes running.
+``{"type": "error", "call": int|null, "kind": str, "error_type": str, "message": str,``
+``"traceback": str, "lingering": bool}``
+    The load (``call`` null) or call failed: ``kind`` is ``load_error``,
+    ``script_error``, ``memory`` or ``state_error`` (see ``base.ErrorKind``); the
+    traceback is trimmed to the user's code.
+``{"type": "uncaught", "call": int|null, "fatal": bool, "error_type": str,``
+``"message": str, "traceback": str}``
+    An exception nothing caught (a thread's, a timer's, an unhandled rejection), with
+    the call the failing code belongs to. ``fatal`` (Node) means the runner abandoned
+    that call.
+
+The decisions about these frames (routing, output cap, state checks, error kinds) are
+made in :mod:`.runner_protocol`.
 """
 
 from __future__ import annotations
@@ -66,22 +80,35 @@ class FrameTooLarge(FrameError):
         self.limit = limit
 
 
-def encode_frame(message: Message) -> bytes:
-    """Serialize one message as strict JSON (NaN/Infinity raise ``ValueError``)."""
-    body = json.dumps(message, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    data = body.encode("utf-8")
-    return HEADER.pack(len(data)) + data
-
-
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+# One encoder and one decoder for every frame: json.dumps/loads with options build new ones
+# per call, which costs more than encoding a small frame.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_SCAN: Any = getattr(_DECODER, "scan_once")  # noqa: B009 (typeshed lacks it)
+
+
+def encode_frame(message: Message) -> bytes:
+    """Serialize one message as strict JSON (NaN/Infinity raise ``ValueError``, a lone
+    surrogate ``UnicodeEncodeError``)."""
+    data = _ENCODER.encode(message).encode("utf-8")
+    return HEADER.pack(len(data)) + data
 
 
 def decode_body(body: bytes) -> Message:
     """Parse one frame body into a message (strict JSON, an object with a type)."""
     try:
-        message = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError) as error:
+        text = body.decode("utf-8")
+        try:  # the scanner alone: runners send no whitespace around the object
+            message, end = _SCAN(text, 0)
+        except StopIteration:
+            end = -1
+        if end != len(text):
+            message = _DECODER.decode(text)  # the exact answer, or the exact error
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
         raise FrameError(f"frame body is not valid JSON: {error}") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise FrameError("frame body is not an object with a string 'type'")
@@ -122,6 +149,20 @@ class FrameDecoder:
 
         Raises :class:`FrameTooLarge` or :class:`FrameError` when the stream is invalid.
         """
+        body = self.next_body()
+        if body is None:
+            return None
+        try:
+            return decode_body(body)
+        except FrameError as error:
+            self._broken = error
+            raise
+
+    def next_body(self) -> bytes | None:
+        """The next complete frame's body, undecoded, or None until more bytes arrive.
+
+        Raises :class:`FrameTooLarge` when a header announces more than the cap.
+        """
         if self._broken is not None:
             raise self._broken
         buffer = self._buffer
@@ -135,17 +176,13 @@ class FrameDecoder:
         end = offset + HEADER_SIZE + size
         if len(buffer) < end:
             return None
-        try:
-            message = decode_body(bytes(buffer[offset + HEADER_SIZE : end]))
-        except FrameError as error:
-            self._broken = error
-            raise
+        body = bytes(buffer[offset + HEADER_SIZE : end])
         self._offset = end
         self.last_frame_size = HEADER_SIZE + size
         if end > 65536 and end * 2 > len(buffer):
             del buffer[:end]
             self._offset = 0
-        return message
+        return body
 
     def pending_frame_size(self) -> int | None:
         """Announced size (header included) of the frame at the head, once its header is in."""

@@ -1,12 +1,18 @@
-"""The control plane's side of the runner protocol, over an asyncio stream pair.
+"""The runner protocol's asyncio shell: an :class:`asyncio.Protocol` around :mod:`.runner_protocol`.
 
-A thin shell around :mod:`frames`: it sends ``load`` and ``call`` frames, routes
-``output`` and ``log`` events to the call's :class:`EventSink`, answers ``state``
-requests from its :class:`StateHandler`, and turns whatever ends a call into a
-result or a :class:`SandboxError` of the right kind (timeout, output cap, runner
-death). Both backends reuse it: bubblewrap over socket pairs, Docker over the
-attached container streams. It never kills anything itself: after an error that
-``destroys_sandbox`` it is :attr:`broken` and the backend disposes of the runner.
+Every decision (which call a frame belongs to, the output cap, state-request checks, error
+kinds) is made by the pure :class:`~.runner_protocol.RunnerProtocol`; this shell feeds it
+the bytes the transport delivers, writes what it wants written, and does the waiting: for
+the runner's ``ready``, for ``load``, for a call's events, with the timeouts. A call's
+events (outputs, logs, state requests) are handled by the coroutine that awaits
+:meth:`RunnerClient.call`, so a slow client slows its own runner down (reading pauses when
+events pile up); frames that arrive outside their call are dropped as they arrive, logged
+with the actor's name and counted in :attr:`RunnerClient.stray_frames`.
+
+Both backends use it: bubblewrap connects it to a socket pair, Docker to the container's
+attached stdout (through the demultiplexer of :mod:`.docker_attach`). It never kills
+anything itself: once :attr:`broken` (or no longer :attr:`usable`) the backend disposes of
+the runner.
 """
 
 from __future__ import annotations
@@ -14,109 +20,157 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from .base import JSON, ActorSource, CallContext, ErrorKind, EventSink, SandboxError, StateHandler
-from .frames import FrameDecoder, FrameError, FrameTooLarge, Message, encode_frame
+from .frames import Message
+from .runner_protocol import (
+    CallEnding,
+    Event,
+    Finished,
+    Log,
+    Output,
+    RunnerProtocol,
+    StateRequest,
+    Stray,
+)
 
 log = logging.getLogger(__name__)
 
 DeathReport = Callable[[], Awaitable[tuple[ErrorKind, str]]]
 """Asked when the runner's stream ended: which kind of death it was, and why."""
 
-_READ_SIZE = 256 * 1024
-_RUNNER_KINDS: frozenset[str] = frozenset({"script_error", "load_error", "memory", "state_error"})
-_FRAME_SLACK = 64 * 1024  # room for the envelope around a value as large as the cap
-
-
-class _OutputOverflow(Exception):
-    """Raised into the reader when captured stdout/stderr pushed a call past its cap."""
+_PAUSE_AT = 256  # queued call events above which reading from the runner pauses
+_STRAY_LOGGED = 10  # stray frames logged one by one per runner; later ones only counted
 
 
 async def _default_death() -> tuple[ErrorKind, str]:
     return "crashed", "the runner exited"
 
 
-class RunnerClient:
-    """Drives one runner: ``wait_ready``, one ``load``, then ``call`` many times."""
+class RunnerClient(asyncio.Protocol):
+    """Drives one runner: ``wait_ready``, one ``load``, then ``call`` many times.
+
+    Connect it to the runner's channel as the transport's protocol (for example with
+    ``loop.create_unix_connection(lambda: client, sock=sock)``).
+    """
 
     def __init__(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
         *,
         max_output_bytes: int,
         death_report: DeathReport = _default_death,
         flush_side_channel: Callable[[], Awaitable[None]] | None = None,
         label: str = "runner",
     ) -> None:
-        self._reader = reader
-        self._writer = writer
-        self._decoder = FrameDecoder(max_output_bytes + _FRAME_SLACK)
-        self._max_output = max_output_bytes
+        self._protocol = RunnerProtocol(max_output_bytes, label)
         self._death_report = death_report
         self._flush_side_channel = flush_side_channel
         self._label = label
-        self._call_id = 0
-        self._in_call = False
-        self._events: EventSink | None = None
-        self._used = 0
-        self._side_failure: SandboxError | None = None
-        self.broken = False
-        self.ready: Message = {}
+        self._actor = "(no actor)"
+        self._transport: asyncio.Transport | None = None
+        self._events: deque[Event] = deque()
+        self._wake: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lost = False
+        self._reading_paused = False
+        self._writable: asyncio.Future[None] | None = None
+        self._sink: EventSink | None = None
+        self._retire_logged = False
+        self._strays_seen = 0
+        self.stray_frames = 0
+        """Stray frames dropped and not yet taken by :meth:`take_stray_frames`."""
+
+    # -- state ----------------------------------------------------------------------------
 
     @property
     def call_id(self) -> int:
-        """The id of the latest call frame sent (0 before the first call)."""
-        return self._call_id
+        """The id of the latest call started (0 before the first call)."""
+        return self._protocol.call_id
 
-    # -- the Sandbox operations -------------------------------------------------------
+    @property
+    def ready(self) -> Message:
+        return self._protocol.ready
+
+    @property
+    def broken(self) -> bool:
+        """The runner is unusable (it broke a limit or the protocol, or its stream ended)."""
+        return self._protocol.broken or self._lost
+
+    @property
+    def retire_reason(self) -> str | None:
+        """Why the runner must be replaced before its next call (None while it may serve)."""
+        if self.broken:
+            return "crashed"
+        return self._protocol.retire_reason
+
+    # -- asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._protocol.receive_data(data)
+        except Exception as error:  # the pure protocol promises never to raise; be sure
+            log.exception("%s: the runner protocol failed", self._label)
+            self._protocol.abandon("crashed", f"{self._label}: internal error: {error}")
+        self._pump()
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._transport = None
+        self._wakeup()
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self._writable is None or self._writable.done():
+            self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    # -- the Sandbox operations -------------------------------------------------------------
 
     async def wait_ready(self, timeout: float) -> Message:
         """Wait for the runner's ``ready`` frame (its first)."""
         try:
             async with asyncio.timeout(timeout):
-                message = await self._next_message()
+                finished = await self._finished(None, None)
         except TimeoutError:
-            raise self._fail(
+            raise self._abandon(
                 "unavailable", f"{self._label} did not start within {timeout:g} s"
             ) from None
-        except SandboxError as error:
-            self.broken = True
-            raise SandboxError("unavailable", f"{self._label} failed to start: {error}") from None
-        if message.get("type") != "ready":
-            raise self._fail("unavailable", f"{self._label} sent {message.get('type')!r} first")
-        self.ready = message
-        return message
+        if finished.error is not None:
+            raise SandboxError(
+                "unavailable", f"{self._label} failed to start: {finished.error}"
+            ) from None
+        return cast(Message, finished.value)
 
     async def load(self, actor: ActorSource, timeout: float) -> Mapping[str, JSON]:
         """Send the script; return the metadata the runner found."""
-        await self._send(
-            {
-                "type": "load",
-                "source": actor.source,
-                "filename": actor.filename,
-                "name": actor.name,
-                "namespace": actor.namespace,
-            }
-        )
+        self._actor = actor.key
+        self._protocol.send_load(actor)
+        self._pump()
         try:
             async with asyncio.timeout(timeout):
-                while True:
-                    message = await self._next_message()
-                    kind = message.get("type")
-                    if kind == "loaded":
-                        metadata = message.get("metadata")
-                        return metadata if isinstance(metadata, dict) else {}
-                    if kind == "error":
-                        raise self._runner_error(message, "load_error")
-                    if kind == "log":
-                        log.info("%s (load): %s", actor.key, message.get("message"))
+                await self._drain()
+                finished = await self._finished(None, None)
         except TimeoutError:
-            raise self._fail(
+            raise self._abandon(
                 "load_error", f"loading {actor.filename} took longer than {timeout:g} s"
             ) from None
+        if finished.error is not None:
+            raise finished.error
+        return cast(Mapping[str, JSON], finished.value)
 
     async def call(
         self,
@@ -129,207 +183,205 @@ class RunnerClient:
         """Run the loaded actor once and return its outputs (see ``Sandbox.call``)."""
         if self.broken:
             raise SandboxError("crashed", f"{self._label} is no longer usable")
-        self._call_id += 1
-        call_id = self._call_id
-        self._in_call = True
-        self._events = events
-        self._used = 0
-        self._side_failure = None
+        self._events.clear()
+        self._protocol.send_call(context)
+        self._sink = events
+        self._pump()
         try:
-            await self._send(
-                {
-                    "type": "call",
-                    "id": call_id,
-                    "context": {
-                        "actor_id": context.actor_id,
-                        "namespace": context.namespace,
-                        "payload": dict(context.payload),
-                        "config": dict(context.config),
-                        "timestamp": context.timestamp,
-                    },
-                }
-            )
             async with asyncio.timeout(timeout):
-                return await self._run_call(call_id, state, events)
+                if self._writable is not None and not self._writable.done():
+                    await self._writable
+                finished = await self._finished(state, events)
         except TimeoutError:
-            raise self._fail(
+            raise self._abandon(
                 "timeout", f"the call ran longer than {timeout:g} s and was stopped"
             ) from None
-        except ValueError as error:  # the payload itself is not strict JSON
-            raise SandboxError(
-                "script_error", f"the call's input is not strict JSON: {error}"
-            ) from None
         finally:
-            self._in_call = False
-            self._events = None
+            self._sink = None
+        if finished.error is not None:
+            raise finished.error
+        return cast(dict[str, JSON], finished.value)
 
     async def on_capture(self, data: bytes) -> None:
-        """Raw bytes the runner wrote to its fd 1/2: a log event of the running call.
+        """Raw bytes the runner's processes wrote to fd 1/2 (the backend's capture stream).
 
-        Outside a call they go to the server log. They count against the call's
-        output cap like pushes and logs do. ``flush_side_channel`` (given by the
-        backend) is awaited when the call's last frame arrives, to deliver such
-        bytes still queued before the call ends.
+        They count against the running call's output cap and become its log events;
+        outside a call they are dropped and counted. ``flush_side_channel`` (given by the
+        backend) is awaited when the call's last frame arrives, to deliver such bytes still
+        queued before the call ends.
         """
-        text = data.decode("utf-8", "replace")
-        events = self._events
-        if not self._in_call or events is None:
-            log.debug("%s wrote outside a call: %s", self._label, text.rstrip())
-            return
-        if not self._account(len(data)):
-            self._reader.set_exception(_OutputOverflow())
+        entry = self._protocol.receive_capture(data)
+        self._pump()
+        sink = self._sink
+        if entry is None or sink is None:
             return
         try:
-            await events.log("info", text.rstrip("\n"))
+            await sink.log(entry.level, entry.message)
         except Exception as error:
-            self._side_failure = self._side_failure or _as_state_error(error)
+            self._protocol.side_failure(error)
 
     def close_transport(self) -> None:
-        """Close the stream to the runner (the backend ends the process itself)."""
-        self.broken = True
-        with contextlib.suppress(Exception):
-            self._writer.close()
+        """Close the channel to the runner (the backend ends the process itself)."""
+        if not self._protocol.broken:
+            self._protocol.abandon("crashed", f"{self._label} was closed")
+        if self._transport is not None:
+            with contextlib.suppress(Exception):
+                self._transport.close()
 
-    # -- internals ----------------------------------------------------------------------
+    # -- internals ----------------------------------------------------------------------------
 
-    async def _run_call(
-        self, call_id: int, state: StateHandler, events: EventSink
-    ) -> dict[str, JSON]:
+    async def _finished(self, state: StateHandler | None, sink: EventSink | None) -> Finished:
+        """Handle the running operation's events until it ends."""
+        protocol = self._protocol
+        events = self._events
         while True:
-            message = await self._next_message()
-            kind = message.get("type")
-            if kind == "output":
-                self._charge()
-                try:
-                    await events.output(str(message.get("port")), message.get("data"))
-                except Exception as error:
-                    self._side_failure = self._side_failure or _as_state_error(error)
-            elif kind == "log":
-                self._charge()
-                try:
-                    await events.log(str(message.get("level", "info")), str(message.get("message")))
-                except Exception as error:
-                    self._side_failure = self._side_failure or _as_state_error(error)
-            elif kind == "state":
-                await self._answer_state(message, state)
-            elif kind in ("result", "error") and message.get("id") == call_id:
-                if kind == "result":
-                    self._charge()
+            event = events.popleft() if events and not self._reading_paused else None
+            if event is None:
+                event = await self._next_event()
+            if isinstance(event, Finished):
+                return event
+            if isinstance(event, Output):
+                if sink is not None:
+                    try:
+                        await sink.output(event.port, event.data)
+                    except Exception as error:
+                        protocol.side_failure(error)
+            elif isinstance(event, Log):
+                if sink is None:
+                    log.info("%s (load): %s", self._actor, event.message)
+                else:
+                    try:
+                        await sink.log(event.level, event.message)
+                    except Exception as error:
+                        protocol.side_failure(error)
+            elif isinstance(event, StateRequest):
+                if state is not None:
+                    await self._answer_state(event, state)
+            elif isinstance(event, CallEnding):
                 if self._flush_side_channel is not None:
                     await self._flush_side_channel()
-                    if self._used > self._max_output:
-                        raise self._fail("output_too_large", self._too_large_message())
-                if self._side_failure is not None:
-                    raise self._side_failure
-                if kind == "error":
-                    raise self._runner_error(message, "script_error")
-                outputs = message.get("outputs")
-                return outputs if isinstance(outputs, dict) else {"output": outputs}
-            # anything else (a late frame of an earlier call) is ignored
+                protocol.finish_call()
+            self._pump()
+            if self._writable is not None and not self._writable.done():
+                await self._writable
 
-    async def _answer_state(self, message: Message, state: StateHandler) -> None:
-        request_id = message.get("id")
-        op = message.get("op")
-        key = str(message.get("key"))
+    async def _answer_state(self, request: StateRequest, state: StateHandler) -> None:
+        key = request.key
         try:
             value: Any = None
-            if op == "get":
-                value = await state.get(key, message.get("default"))
-            elif op == "set":
-                await state.set(key, message.get("value"))
-            elif op == "delete":
+            if request.op == "get":
+                value = await state.get(key, request.value)
+            elif request.op == "set":
+                await state.set(key, request.value)
+            elif request.op == "delete":
                 await state.delete(key)
-            elif op == "increment":
-                by = message.get("by", 1)
-                if isinstance(by, bool) or not isinstance(by, int | float):
-                    raise SandboxError("state_error", f"increment_state by {by!r}: not a number")
-                value = await state.increment(key, by)
             else:
-                raise SandboxError("state_error", f"unknown state operation {op!r}")
-            answer = {"type": "state_result", "id": request_id, "ok": True, "value": value}
-            frame = encode_frame(answer)
+                value = await state.increment(key, request.by)
         except Exception as error:
-            failure = _as_state_error(error)
-            self._side_failure = self._side_failure or failure
-            frame = encode_frame(
-                {"type": "state_result", "id": request_id, "ok": False, "error": failure.message}
+            failure = error if isinstance(error, SandboxError) else SandboxError(
+                "state_error", str(error) or type(error).__name__
             )
-        await self._write(frame)
+            self._protocol.fail_state(request, failure)
+            return
+        self._protocol.answer_state(request, value)
 
-    def _account(self, size: int) -> bool:
-        self._used += size
-        return self._used <= self._max_output
-
-    def _charge(self) -> None:
-        if not self._account(self._decoder.last_frame_size):
-            raise self._fail("output_too_large", self._too_large_message())
-
-    def _too_large_message(self) -> str:
-        return f"the call's outputs and logs exceeded {self._max_output} bytes"
-
-    async def _next_message(self) -> Message:
-        decoder = self._decoder
-        while True:
-            try:
-                message = decoder.next_message()
-            except FrameTooLarge:
-                raise self._fail("output_too_large", self._too_large_message()) from None
-            except FrameError as error:
-                raise self._fail("crashed", f"{self._label} broke the protocol: {error}") from None
-            if message is not None:
-                return message
-            pending = decoder.pending_frame_size()
-            if self._in_call and pending is not None and self._used + pending > self._max_output:
-                raise self._fail("output_too_large", self._too_large_message())
-            try:
-                data = await self._reader.read(_READ_SIZE)
-            except _OutputOverflow:
-                raise self._fail("output_too_large", self._too_large_message()) from None
-            except (ConnectionError, OSError):
-                data = b""
-            if not data:
-                self.broken = True
+    async def _next_event(self) -> Event:
+        while not self._events:
+            if self._lost:
                 kind, detail = await self._death_report()
-                raise SandboxError(kind, detail)
-            decoder.feed(data)
+                self._protocol.receive_eof(SandboxError(kind, detail))
+                self._pump()
+                if not self._events:
+                    raise SandboxError(kind, detail)
+                break
+            loop = self._loop
+            if loop is None:  # looked up once: get_running_loop() costs a getpid(2)
+                loop = self._loop = asyncio.get_running_loop()
+            self._wake = loop.create_future()
+            try:
+                await self._wake
+            finally:
+                self._wake = None
+        event = self._events.popleft()
+        if self._reading_paused and len(self._events) < _PAUSE_AT // 2:
+            self._reading_paused = False
+            if self._transport is not None and not self._protocol.broken:
+                self._transport.resume_reading()
+        return event
 
-    async def _send(self, message: Message) -> None:
-        await self._write(encode_frame(message))
+    def _pump(self) -> None:
+        """Take the protocol's events and bytes: strays logged, the rest queued; write."""
+        protocol = self._protocol
+        received = protocol.events_received()
+        if received:
+            queue = self._events
+            for event in received:
+                if type(event) is Stray:
+                    self._stray(event)
+                else:
+                    queue.append(event)
+            if queue:
+                self._wakeup()
+            self._flow_control()
+        data = protocol.data_to_send()
+        if data and self._transport is not None:
+            try:
+                self._transport.write(data)
+            except Exception as error:  # a closed transport: the runner is gone
+                log.debug("%s: write failed: %s", self._label, error)
 
-    async def _write(self, frame: bytes) -> None:
-        try:
-            self._writer.write(frame)
-            await self._writer.drain()
-        except (ConnectionError, OSError):
-            self.broken = True
-            kind, detail = await self._death_report()
-            raise SandboxError(kind, detail) from None
+    def _flow_control(self) -> None:
+        """Pause reading when events pile up, or for good once a retired runner is idle."""
+        transport = self._transport
+        if transport is None or self._reading_paused:
+            return
+        retired = self._protocol.retire_reason is not None
+        if retired:
+            self._note_retirement()
+        if len(self._events) >= _PAUSE_AT or (retired and self._sink is None):
+            # Nothing will read a retired runner's chatter: let it block instead.
+            self._reading_paused = True
+            transport.pause_reading()
 
-    def _fail(self, kind: ErrorKind, message: str) -> SandboxError:
-        self.broken = True
-        return SandboxError(kind, message)
+    def _wakeup(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
 
-    def _runner_error(self, message: Message, default: ErrorKind) -> SandboxError:
-        kind = message.get("kind")
-        error_kind: ErrorKind = kind if kind in _RUNNER_KINDS else default
-        error_type = str(message.get("error_type") or "Error")
-        text = str(message.get("message") or "")
-        error = SandboxError(
-            error_kind,
-            f"{error_type}: {text}" if text else error_type,
-            details={
-                "type": error_type,
-                "message": text,
-                "traceback": str(message.get("traceback") or ""),
-            },
-        )
-        if error.destroys_sandbox:
-            self.broken = True
-        return error
+    async def _drain(self) -> None:
+        writable = self._writable
+        if writable is not None and not writable.done():
+            await writable
 
+    def _stray(self, event: Stray) -> None:
+        self.stray_frames += 1
+        self._strays_seen += 1
+        if self._strays_seen <= _STRAY_LOGGED:
+            log.warning(
+                "actor %s (%s): dropped %s of call %s that arrived outside its call: %s",
+                self._actor,
+                self._label,
+                event.what,
+                event.call,
+                event.detail,
+            )
+        elif self._strays_seen == _STRAY_LOGGED + 1:
+            log.warning(
+                "actor %s (%s): more frames outside their calls; counting them silently",
+                self._actor,
+                self._label,
+            )
 
-def _as_state_error(error: BaseException) -> SandboxError:
-    if isinstance(error, SandboxError) and error.kind == "state_error":
-        return error
-    message = error.message if isinstance(error, SandboxError) else str(error)
-    return SandboxError("state_error", message or type(error).__name__)
+    def _note_retirement(self) -> None:
+        reason = self._protocol.retire_reason
+        if reason is not None and not self._retire_logged and not self._protocol.broken:
+            self._retire_logged = True
+            log.warning("actor %s (%s) will be replaced: %s", self._actor, self._label, reason)
+
+    def _abandon(self, kind: ErrorKind, message: str) -> SandboxError:
+        self._events.clear()
+        return self._protocol.abandon(kind, message)
+
+    def take_stray_frames(self) -> int:
+        """Stray frames counted since the last call of this method (for metrics)."""
+        count, self.stray_frames = self.stray_frames, 0
+        return count

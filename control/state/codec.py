@@ -14,10 +14,11 @@ import math
 from typing import Any
 
 from ..compression import CompressionError, is_zstd, zstd_compress, zstd_decompress
+from ..jsonlimits import MAX_STATE_VALUE_BYTES
 
 JSON = Any
 
-DEFAULT_MAX_VALUE_SIZE = 16 * 1024 * 1024
+DEFAULT_MAX_VALUE_SIZE = MAX_STATE_VALUE_BYTES
 
 
 class StateValueError(ValueError):

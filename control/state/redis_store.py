@@ -11,7 +11,18 @@ overwriting a newer holder's writes.
 
 Failures (Redis down, timeouts, refused auth) become ``state_error`` at once: the
 socket timeouts are small and a command is retried once, only when its connection
-broke (which is also how the pool reconnects after Redis comes back).
+broke (which is also how the pool reconnects after Redis comes back). Once an
+operation timed out (Redis frozen, or its host gone), a breaker (:mod:`.breaker`)
+fails the other state operations at once instead of letting each wait out the socket
+timeout, and lets one through every half second to see whether Redis is back. A
+refused connection fails fast by itself and does not open it, so that state calls
+succeed again as soon as a restarted Redis listens.
+
+Outcomes under faults: before a commit with writes, the lease is cut to the socket
+timeout, so a commit that reaches a frozen Redis too late (after the client gave up
+on it) finds its lease expired and is not applied; a commit whose connection broke
+after it was sent is reported as possibly applied. A lock whose acquire timed out
+(it may have been taken) is released when Redis answers again.
 """
 
 from __future__ import annotations
@@ -28,9 +39,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..sandbox.base import SandboxError
 from .base import StateStore, StateTransaction, state_error
+from .breaker import Breaker
 from .codec import DEFAULT_MAX_VALUE_SIZE, lock_key
 from .locks import KeyedLocks
 from .transaction import LockedTransaction, ValueCodec, Writes, sleep_until_retry
@@ -121,6 +134,11 @@ class RedisStore(StateStore):
         self.refresh_script = self._client.register_script(_REFRESH)
         self.release_script = self._client.register_script(_RELEASE)
         self.commit_script = self._client.register_script(_COMMIT)
+        self.socket_timeout_ms = max(1, int(socket_timeout * 1000))
+        self.breaker = Breaker(probe_interval=min(0.5, socket_timeout))
+        # (lock key, token) of acquires whose outcome is unknown: released on recovery.
+        self._orphans: set[tuple[str, str]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def client(self) -> aioredis.Redis:
@@ -135,6 +153,8 @@ class RedisStore(StateStore):
             log.warning("state store %s is not available yet: %s", self.name, problem)
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         await self._client.aclose()
         await self._client.connection_pool.disconnect()
 
@@ -144,15 +164,53 @@ class RedisStore(StateStore):
         except AuthenticationError as error:
             return f"{self.name} refused the credentials: {error}"
         except (RedisError, OSError) as error:
+            self.failure(error, "answer a ping")
             return f"{self.name} unreachable: {_reason(error)}"
+        self.answered()
         return None
 
     def transaction(self, namespace: str, actor_id: str) -> StateTransaction:
         return RedisTransaction(self, namespace, actor_id)
 
-    def failure(self, error: BaseException, doing: str) -> SandboxError:
-        """The ``state_error`` for a Redis failure while ``doing`` something."""
-        return state_error(f"state store {self.name} failed to {doing}: {_reason(error)}")
+    def failure(self, error: BaseException, doing: str, *, note: str = "") -> SandboxError:
+        """The ``state_error`` for a Redis failure while ``doing`` something; a timeout
+        opens the breaker."""
+        if _timed_out(error):
+            if not self.breaker.open:
+                log.warning("state store %s does not answer: %s", self.name, _reason(error))
+            self.breaker.failed(_reason(error))
+        return state_error(
+            f"state store {self.name} failed to {doing}: {_reason(error)}{note}"
+        )
+
+    def guard(self, doing: str) -> None:
+        """Raise the ``state_error`` at once while Redis is known unreachable (unless
+        this operation is the probe that finds out whether it is back)."""
+        if not self.breaker.allow():
+            raise state_error(
+                f"state store {self.name} {self.breaker.describe()}: did not try to {doing}"
+            )
+
+    def answered(self) -> None:
+        """Redis answered: close the breaker; after an outage, release orphaned locks."""
+        if self.breaker.succeeded():
+            log.warning("state store %s answers again", self.name)
+        if self._orphans:
+            orphans, self._orphans = self._orphans, set()
+            task = asyncio.ensure_future(self._release_orphans(orphans))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def orphan(self, lock: str, token: str) -> None:
+        """A lock this process may hold without knowing it: release it on recovery."""
+        self._orphans.add((lock, token))
+
+    async def _release_orphans(self, orphans: set[tuple[str, str]]) -> None:
+        for lock, token in orphans:
+            try:
+                await self.release_script(keys=[lock], args=[token])
+            except (RedisError, OSError):
+                self._orphans.add((lock, token))  # its lease runs out by itself anyway
 
 
 class RedisTransaction(LockedTransaction):
@@ -168,22 +226,31 @@ class RedisTransaction(LockedTransaction):
             lock_timeout=store.lock_timeout,
         )
         self._store = store
-        self._lock_key = lock_key(namespace, actor_id)
-        self._token = secrets.token_hex(16)
+        # The lock's key and token are made when the lock is first needed: most calls
+        # touch no state, and the token costs a getrandom(2) system call.
+        self._lock_key = ""
+        self._token = ""
         self._attempted = False
         self._refresher: asyncio.Task[None] | None = None
 
     async def _acquire_shared(self, deadline: float) -> bool:
         store = self._store
+        if not self._token:
+            self._lock_key = lock_key(self.namespace, self.actor_id)
+            self._token = secrets.token_hex(16)
         attempt = 0
         while True:
+            store.guard(f"lock actor {self.actor_label}")
             self._attempted = True
             try:
                 got = await store.acquire_script(
                     keys=[self._lock_key], args=[self._token, store.lock_ttl_ms]
                 )
             except (RedisError, OSError) as error:
+                self._attempted = False
+                store.orphan(self._lock_key, self._token)  # it may have been taken
                 raise store.failure(error, f"lock actor {self.actor_label}") from None
+            store.answered()
             if got == 1:
                 self._refresher = asyncio.create_task(self._keep_refreshed())
                 return True
@@ -196,32 +263,63 @@ class RedisTransaction(LockedTransaction):
         if not self._attempted:
             return
         self._attempted = False
+        store = self._store
+        if not store.breaker.allow():
+            store.orphan(self._lock_key, self._token)
+            return
         try:
-            await self._store.release_script(keys=[self._lock_key], args=[self._token])
+            await store.release_script(keys=[self._lock_key], args=[self._token])
         except (RedisError, OSError) as error:
-            # The lease runs out by itself within lock_ttl.
+            # Released on recovery; the lease runs out by itself within lock_ttl anyway.
+            store.orphan(self._lock_key, self._token)
+            store.failure(error, "release a lock")
             log.info("could not release the state lock of %s: %s", self.actor_label, error)
+        else:
+            store.answered()
 
     async def _read(self, key: str) -> bytes | None:
+        self._store.guard(f"read {key!r}")
         try:
             value: Any = await self._store.client.get(key)
         except (RedisError, OSError) as error:
             raise self._store.failure(error, f"read {key!r}") from None
+        self._store.answered()
         if value is None or isinstance(value, bytes):
             return value
         raise self._store.failure(TypeError(type(value).__name__), f"read {key!r}")
 
     async def _apply(self, writes: Writes) -> None:
         self._stop_refreshing()
+        store = self._store
+        doing = f"commit the state of {self.actor_label}"
+        store.guard(doing)
         keys: list[str] = [self._lock_key]
         args: list[str | bytes] = [self._token]
         for key, value in writes.items():
             keys.append(key)
             args.extend(("D", b"") if value is None else ("S", value))
+        if writes:
+            # Cut the lease to the socket timeout: a commit that reaches Redis only
+            # after we gave up on it (Redis frozen meanwhile) finds it expired.
+            try:
+                alive = await store.refresh_script(
+                    keys=[self._lock_key], args=[self._token, store.socket_timeout_ms]
+                )
+            except (RedisError, OSError) as error:
+                raise store.failure(error, doing) from None
+            if alive != 1:
+                raise self._error(
+                    f"lost the state lock of actor {self.actor_label} before commit "
+                    "(its lease expired); the call's state writes were not applied"
+                )
         try:
-            applied = await self._store.commit_script(keys=keys, args=args)
+            applied = await store.commit_script(keys=keys, args=args)
         except (RedisError, OSError) as error:
-            raise self._store.failure(error, f"commit the state of {self.actor_label}") from None
+            note = ""
+            if isinstance(error, RedisConnectionError) and not _refused(error):
+                note = "; the connection broke after the commit was sent: it may have been applied"
+            raise store.failure(error, doing, note=note) from None
+        store.answered()
         self._attempted = False
         if applied != 1:
             raise self._error(
@@ -257,6 +355,24 @@ def _describe(kwargs: dict[str, Any]) -> str:
         where = f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
     db = kwargs.get("db", 0)
     return where if not db else f"{where}/{db}"
+
+
+def _timed_out(error: BaseException) -> bool:
+    """Whether Redis did not answer in time (frozen, or unreachable): each such failure
+    costs a socket timeout, unlike a refused connection."""
+    return isinstance(error, RedisTimeoutError | TimeoutError)
+
+
+def _refused(error: BaseException) -> bool:
+    """Whether the connection was refused, so that nothing was sent."""
+    cause: BaseException | None = error
+    for _ in range(5):
+        if isinstance(cause, ConnectionRefusedError):
+            return True
+        if cause is None:
+            return False
+        cause = cause.__cause__ or cause.__context__
+    return "Connection refused" in str(error)
 
 
 def _reason(error: BaseException) -> str:

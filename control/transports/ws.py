@@ -41,7 +41,7 @@ from websockets.http11 import Response as HttpResponse
 from .. import jsonrpc
 from ..compression import CompressionError, DecompressedTooLarge, is_zstd, zstd_decompress
 from ..config import Config
-from ..functions.routes import function_route
+from ..functions.routes import function_route, malformed_function_path
 from ..jsonrpc import Dispatcher, Request, Response
 from ..methods import CallScope, FunctionTarget
 from ..metrics import Metrics
@@ -170,12 +170,20 @@ class WsTransport:
     # -- handshake ------------------------------------------------------------------------
 
     def _check_auth(self, conn: ServerConnection, request: HttpRequest) -> HttpResponse | None:
-        if self._auth.allows_request(request.headers, request.path):
-            return None
-        route = function_route(request.path) if self._functions is not None else None
-        if route is not None and self._auth.allows(route.path_token):
-            return None  # a token in the path before the function id
-        return conn.respond(HTTPStatus.UNAUTHORIZED, "missing or invalid token\n")
+        functions = self._functions is not None
+        route = function_route(request.path) if functions else None
+        malformed = malformed_function_path(request.path) if functions else None
+        allowed = (
+            self._auth.allows_request(request.headers, request.path)
+            # a token in the path before the function id (or before a malformed one)
+            or (route is not None and self._auth.allows(route.path_token))
+            or (malformed is not None and self._auth.allows(malformed.path_token))
+        )
+        if not allowed:
+            return conn.respond(HTTPStatus.UNAUTHORIZED, "missing or invalid token\n")
+        if malformed is not None:
+            return conn.respond(HTTPStatus.NOT_FOUND, malformed.reason + "\n")
+        return None
 
     # -- one connection -------------------------------------------------------------------
 
@@ -223,7 +231,11 @@ class WsTransport:
                     continue
             else:
                 text = message
-            parsed = jsonrpc.parse(text)
+            try:
+                parsed = jsonrpc.parse(text)
+            except Exception:  # parse promises not to raise; the connection outlives a bug
+                log.exception("parsing a WebSocket message failed")
+                parsed = jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, "internal error")
             if isinstance(parsed, dict):
                 self._reject(peer, parsed)
                 continue
@@ -313,17 +325,15 @@ class WsTransport:
 
     async def _send(self, peer: _Peer, message: Response | list[Response]) -> None:
         """Text, or a binary zstd frame for an opted-in peer when the JSON is large."""
-        text = jsonrpc.encode(message)
+        data = jsonrpc.encode_bytes(message)
+        if data is None:
+            return
         try:
-            # A str of n characters is at most 4n bytes of UTF-8: most small replies
-            # skip the encode.
-            if peer.zstd and self._threshold is not None and 4 * len(text) > self._threshold:
-                data = text.encode("utf-8")
-                if len(data) > self._threshold:
-                    compressed = self._compressor.compress(data)
-                    self._metrics.compressed(len(data), len(compressed))
-                    await peer.conn.send(compressed)
-                    return
-            await peer.conn.send(text)
+            if peer.zstd and self._threshold is not None and len(data) > self._threshold:
+                compressed = self._compressor.compress(data)
+                self._metrics.compressed(len(data), len(compressed))
+                await peer.conn.send(compressed)
+                return
+            await peer.conn.send(data, text=True)  # already UTF-8: sent as a text frame
         except ConnectionClosed:
             pass  # the client left; nobody is waiting for this reply

@@ -35,8 +35,11 @@ class CallResult:
     pushes: list[dict[str, Any]] = field(default_factory=list)
 
 
-def process_request(actor: str, payload: dict[str, Any]) -> tuple[str, str]:
-    """A ``process`` request as Reflow sends it: (its id, the frame text)."""
+def process_request(
+    actor: str, payload: dict[str, Any], *, instance: str | None = None
+) -> tuple[str, str]:
+    """A ``process`` request as Reflow sends it: (its id, the frame text). ``instance``
+    names the actor instance whose state it is (the actor's name by default)."""
     call_id = str(uuid.uuid4())
     frame = {
         "jsonrpc": "2.0",
@@ -47,7 +50,7 @@ def process_request(actor: str, payload: dict[str, Any]) -> tuple[str, str]:
             "config": {},
             "state": {
                 "namespace": "default",
-                "actor_id": actor,
+                "actor_id": instance or actor,
                 "redis_url": "redis://ignored-by-the-server:6379",
             },
             "actor_id": actor,

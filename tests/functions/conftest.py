@@ -27,6 +27,8 @@ start_server = _server.start_server
 config = _server.config
 server = _server.server
 server_processes = _server.server_processes
+# The in-process servers here run on uvloop too, as ``serve`` does.
+pytest_asyncio_loop_factories = _server.pytest_asyncio_loop_factories
 
 PYTHON_FUNCTION = """
 @actor({"component": "multiplier", "inports": ["input"], "outports": ["output"]})

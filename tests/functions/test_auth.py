@@ -65,6 +65,14 @@ async def test_tokens_reach_rest_and_websocket_the_ways_reflow_sends_them(
             async with connect(url):
                 pass
         assert refused.value.response.status_code == 401, url
+    # A valid token before a malformed function id: the path is wrong, not the token
+    # (it used to become an ordinary actor connection, or a 401).
+    for url in (f"{base}/ws/{TOKEN}/fn-nope", f"{base}/ws/{TOKEN}/{function_id}x"):
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(url):
+                pass
+        assert refused.value.response.status_code == 404, url
+        assert b"is not a function id" in refused.value.response.body, url
 
     # The deploy client is refused the way Reflow would report it.
     with pytest.raises(DeployFailed, match="missing or invalid token"):
@@ -80,6 +88,22 @@ async def test_tokens_reach_rest_and_websocket_the_ways_reflow_sends_them(
     ]
     assert server_lines  # the capture works (it caught the request lines before they were capped)
     assert not [line for line in server_lines if TOKEN[:12] in line]
+
+
+async def test_a_ws_path_that_names_no_function_is_refused_not_served_as_folder_actors(
+    start_node: StartNode,
+) -> None:
+    server = await start_node()
+    base = f"ws://127.0.0.1:{server.ws_port}"
+    for path in ("/ws/fn-nope", "/ws/", "/ws/anything/else", "/fn-123", "/x/fn-nope?token=t"):
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(base + path):
+                pass
+        assert refused.value.response.status_code == 404, path
+        assert b"is not a function id" in refused.value.response.body, path
+    # The ordinary actor connection at the root is untouched.
+    async with ReflowClient(base + "/") as client:
+        assert (await client.call("list", {})).error is None
 
 
 async def test_without_tokens_the_api_is_open(

@@ -37,6 +37,9 @@ NODE_BROKEN = "function process(context) {\n  return {out: };\n}\nmodule.exports
 CASES: list[tuple[str, bytes | dict[str, Any], int, list[str]]] = [
     ("not JSON", b"{name: 'x'", 400, ["not JSON"]),
     ("a JSON array", b"[1, 2]", 400, ["JSON object"]),
+    ("a body nested 30,000 deep",
+     b'{"name": "deep", "code": "x", "extra": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", 400,
+     ["nests deeper than 128 levels (the limit)"]),
     ("no code", {k: v for k, v in _body().items() if k != "code"}, 400, ["code", "required"]),
     ("timeout as a string", _body(timeout_seconds="300"), 400, ["timeout_seconds"]),
     ("a negative timeout", _body(timeout_seconds=-1), 400, ["timeout_seconds"]),
@@ -64,6 +67,19 @@ CASES: list[tuple[str, bytes | dict[str, Any], int, list[str]]] = [
      ["not an npm package name"]),
     ("too many dependencies", _body(dependencies={f"p{i}": "*" for i in range(5)}), 422,
      ["at most 3"]),
+    # Code that compiles but defines no actor: the runner would refuse its first call.
+    ("Python without an actor", _body(code="x = 1\n"), 422,
+     ["defines no actor", "@actor", "process(context)"]),
+    ("Python with a handler but no process", _body(code="def handler(c):\n    return {}\n"),
+     422, ["defines no actor"]),
+    ("JavaScript without an actor", _body(runtime="nodejs", code="const x = 1;\n"), 422,
+     ["defines no actor", "module.exports"]),
+    ("JavaScript exporting no function", _body(runtime="nodejs",
+                                               code="module.exports = {handler: 1};\n"), 422,
+     ["defines no actor"]),
+    ("JavaScript whose body throws", _body(runtime="nodejs",
+                                           code="throw new Error('boom at load');\n"), 422,
+     ["boom at load"]),
 ]  # fmt: skip
 
 
@@ -100,6 +116,29 @@ async def test_every_bad_deploy_gets_success_false_and_a_clear_error(
     function_id = await reflow.deploy("fine", "python", PYTHON_FUNCTION)
     async with reflow.connect(function_id) as actor:
         assert (await actor.process("fine", {"input": 2})).outputs == {"output": 4, "calls": 1}
+
+
+async def test_actors_defined_in_less_common_ways_still_deploy_and_run(
+    start_node: StartNode,
+) -> None:
+    # The no-actor check refuses only what the runner would refuse at its first call.
+    server = await start_node()
+    reflow = client_for(server)
+    forms = [
+        ("lambda_py", "python", "process = lambda context: {'form': 'lambda'}\n", "lambda"),
+        ("dynamic_py", "python",
+         "def _p(context):\n    return {'form': 'dynamic'}\n\nglobals()['pro' + 'cess'] = _p\n",
+         "dynamic"),
+        ("exports_run", "nodejs", "exports.run = async () => ({form: 'exports.run'});\n",
+         "exports.run"),
+        ("named_js", "nodejs", "function process(context) { return {form: 'named'}; }\n",
+         "named"),
+    ]  # fmt: skip
+    for name, runtime, code, form in forms:
+        function_id = await reflow.deploy(name, runtime, code)
+        async with reflow.connect(function_id) as actor:
+            reply = await actor.process(name, {})
+        assert reply.error is None and reply.outputs == {"form": form}, (name, reply.raw)
 
 
 async def test_a_server_that_installs_no_dependencies_refuses_them_clearly(

@@ -16,9 +16,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from reflow_microsandbox.server import Server
+from tests.nginx_server import Balancer, port_free_on
 from tests.provisioning import conftest as provisioning
 from tests.provisioning.conftest import TEST_SECRETS, output_of
-from tests.provisioning.test_balancer import NODES, Balancer, _port_free_on_every_node
+from tests.provisioning.test_balancer import NODES
 from tests.server.clients import ReflowClient
 
 from .conftest import NODE_FUNCTION, PYTHON_FUNCTION, function_config
@@ -65,7 +66,7 @@ async def cluster(
     redis_url: str,
     dependency_cache: Path,
 ) -> AsyncIterator[tuple[int, dict[str, Server], Path]]:
-    http_port, ws_port, lb_port = (_port_free_on_every_node() for _ in range(3))
+    http_port, ws_port, lb_port = (port_free_on(list(NODES.values())) for _ in range(3))
     rendered = tmp_path / "render"
     result = await asyncio.to_thread(
         ansible.render,

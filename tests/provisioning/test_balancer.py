@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import shutil
-import socket
-import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,23 +17,11 @@ import pytest
 from aiohttp import web
 from websockets.asyncio.client import ClientConnection, connect
 
+from tests.nginx_server import Balancer, port_free_on
+
 from .conftest import NGINX_CHECK, TEST_SECRETS, AnsibleRunner, output_of
 
 NODES = {"a": "127.0.0.1", "b": "127.0.0.2"}
-
-
-def _port_free_on_every_node() -> int:
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
-        try:
-            with socket.socket() as other:
-                other.bind((NODES["b"], port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no port free on both loopback addresses")
 
 
 @dataclass(frozen=True)
@@ -47,7 +33,7 @@ class Ports:
 
 @pytest.fixture(scope="module")
 def ports() -> Ports:
-    return Ports(_port_free_on_every_node(), _port_free_on_every_node(), _port_free_on_every_node())
+    return Ports(*(port_free_on(list(NODES.values())) for _ in range(3)))
 
 
 @pytest.fixture(scope="module")
@@ -71,47 +57,11 @@ def rendered_balancer(
             # Keep a refused node out only briefly, so restored nodes rejoin quickly.
             "nginx_lb_fail_timeout": "1s",
             # The stub_status server (for the exporter) on a free port, not the fixed 8081.
-            "nginx_stub_status_listen": f"127.0.0.1:{_port_free_on_every_node()}",
+            "nginx_stub_status_listen": f"127.0.0.1:{port_free_on(['127.0.0.1'])}",
         },
     )
     assert result.returncode == 0, output_of(result)
     return dest / "localhost" / "nginx-loadbalancer.conf"
-
-
-class Balancer:
-    """A real nginx master running the rendered file inside a minimal nginx.conf."""
-
-    def __init__(self, prefix: Path, include: Path) -> None:
-        self.prefix = prefix
-        self.include = include
-        self.conf = prefix / "nginx.conf"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.conf.write_text(
-            f"daemon off;\nworker_processes 2;\npid {self.prefix}/nginx.pid;\n"
-            f"error_log {self.prefix}/error.log;\nevents {{}}\n"
-            f"http {{\n  client_body_temp_path {self.prefix}/body;\n"
-            f"  proxy_temp_path {self.prefix}/proxy;\n  include {self.include};\n}}\n"
-        )
-        self.process = subprocess.Popen(
-            ["nginx", "-p", f"{self.prefix}/", "-c", str(self.conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    def reload(self) -> None:
-        subprocess.run(
-            ["nginx", "-p", f"{self.prefix}/", "-c", str(self.conf), "-s", "reload"],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=15)
 
 
 async def _start_node(name: str, address: str, ports: Ports) -> list[web.AppRunner]:
@@ -237,7 +187,7 @@ async def _run_drain(ansible: AnsibleRunner, balancer: Balancer, node: str, stat
         },
     )
     assert result.returncode == 0, output_of(result)
-    balancer.reload()
+    await asyncio.to_thread(balancer.reload)
 
 
 async def _actor_on(ports: Ports, node: str) -> str:

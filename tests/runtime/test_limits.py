@@ -105,6 +105,11 @@ FLOODS = {
         "import os\ndef process(context):\n    while True:\n        os.write(1, b'z' * 65536)\n"
     ),
     "one-huge-output": "def process(context):\n    return {'big': 'x' * (4 * 1024 * 1024)}\n",
+    # Text without line ends is output too (it once piled up in the runner until timeout).
+    "no-line-ends": (
+        "import sys\ndef process(context):\n"
+        "    while True:\n        sys.stdout.write('y' * 65536)\n"
+    ),
     "many-pushes": (
         "async def process(context):\n    while True:\n"
         "        await context.send_output('p', 'x' * 10000)\n"

@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+import uvloop
 
 from reflow_microsandbox.config import Config, deep_merge, parse_config
 from reflow_microsandbox.server import Server
@@ -163,6 +164,18 @@ def http_url(server: Server, path: str) -> str:
 # -- fixtures ------------------------------------------------------------------------------
 
 
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Run every async test here on uvloop, the loop ``serve`` runs on (control/cli.py).
+
+    pytest-asyncio >= 1.4's hook (it replaces overriding ``event_loop_policy``). Bugs
+    that only uvloop shows (it refuses ``umask=`` in subprocess calls, its transports
+    are not asyncio.Transport subclasses) then fail here, not in production.
+    """
+    return {"uvloop": uvloop.new_event_loop}
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     with RedisServer() as server:
@@ -253,29 +266,50 @@ def alive(pid: int) -> bool:
 
 
 class ServerProcess:
-    """``python -m reflow_microsandbox serve`` in a subprocess on fixed free ports."""
+    """``python -m reflow_microsandbox serve`` in a subprocess on fixed free ports (or the
+    ports given; ``server.host`` of ``data`` is the address, 127.0.0.1 by default)."""
 
-    def __init__(self, data: dict[str, Any], workdir: Path) -> None:
+    def __init__(
+        self,
+        data: dict[str, Any],
+        workdir: Path,
+        *,
+        ws_port: int | None = None,
+        http_port: int | None = None,
+        metrics_port: int = 0,
+        env: dict[str, str] | None = None,
+    ) -> None:
         import yaml
 
-        self.ws_port = free_port()
-        self.http_port = free_port()
+        self.host = str(data.get("server", {}).get("host", "127.0.0.1"))
+        self.ws_port = ws_port or free_port()
+        self.http_port = http_port or free_port()
+        self.metrics_port = metrics_port
         data = deep_merge(
             data,
-            {"server": {"ws_port": self.ws_port, "http_port": self.http_port, "metrics_port": 0}},
+            {
+                "server": {
+                    "host": self.host,
+                    "ws_port": self.ws_port,
+                    "http_port": self.http_port,
+                    "metrics_port": metrics_port,
+                }
+            },
         )
         workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path = workdir / f"microsandbox-{self.ws_port}.yaml"
+        self.config_path = workdir / f"microsandbox-{self.host}-{self.ws_port}.yaml"
         self.config_path.write_text(yaml.safe_dump(data))
-        self.log_path = workdir / f"server-{self.ws_port}.log"
+        self.log_path = workdir / f"server-{self.host}-{self.ws_port}.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.extra_env = dict(env or {})
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.ws_port}/"
+        return f"ws://{self.host}:{self.ws_port}/"
 
     def start(self) -> ServerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MICROSANDBOX_")}
+        env.update(self.extra_env)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "reflow_microsandbox", "serve",
@@ -295,7 +329,7 @@ class ServerProcess:
                 if self.process.poll() is not None:
                     raise AssertionError(f"server exited early:\n{self.log}")
                 with contextlib.suppress(aiohttp.ClientError):
-                    url = f"http://127.0.0.1:{self.http_port}/ready"
+                    url = f"http://{self.host}:{self.http_port}/ready"
                     async with session.get(url) as response:
                         if response.status == 200:
                             return

@@ -80,6 +80,22 @@ ERROR_CASES = {
         "state.namespace",
     ),
     "positional params": ErrorCase(request("process", ["echo"]), -32602, 1, "params"),
+    # A number beyond a double decodes to infinity: the client's fault, named by field
+    # (it used to reach the sandbox and come back as the script's -32005).
+    "a number beyond a double": ErrorCase(
+        '{"jsonrpc":"2.0","id":7,"method":"process",'
+        '"params":{"actor_id":"echo","payload":{"value":1e400}}}',
+        -32602,
+        7,
+        "payload.value: the number is outside the range of a 64-bit float",
+    ),
+    "a long integer literal as a float in a list": ErrorCase(
+        '{"jsonrpc":"2.0","id":"n","method":"process",'
+        '"params":{"actor_id":"echo","payload":{"data":[1, -' + "9" * 400 + ".0]}}}",
+        -32602,
+        "n",
+        "payload.data.1",
+    ),
     "unknown actor": ErrorCase(
         request("process", {"actor_id": "ghost"}, "u"), -32010, "u", "ghost"
     ),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -135,3 +136,59 @@ async def test_sigterm_drains_an_in_flight_call_exits_0_and_leaves_no_sandbox_be
     code = await asyncio.to_thread(server.wait, 60)
     assert code == 0, server.log
     assert [pid for pid in sandboxes if alive(pid)] == []
+
+
+def test_check_scripts_lists_the_actors_and_names_each_refused_file(tmp_path: Path) -> None:
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "good.py").write_text("@actor\ndef process(context):\n    return {}\n")
+    (scripts / "literal.js").write_text(
+        "const metadata = {component: 'literal_js', inports: ['a',],};\n"
+        "module.exports = { process: async () => ({}) };\n"
+    )
+    (scripts / "computed.js").write_text(
+        "const NAME = 'x';\nconst metadata = {component: NAME};\nasync function run() {}\n"
+    )
+    config = tmp_path / "microsandbox.yaml"
+    config.write_text(yaml.safe_dump({"scripts": {"folders": [str(scripts)]}}))
+    result = cli("check-scripts", "--config", str(config))
+    assert result.returncode == 1
+    assert "good" in result.stdout and "literal_js" in result.stdout
+    assert "refused  computed.js: `const metadata` must be an object literal" in result.stderr
+    (scripts / "computed.js").unlink()
+    assert cli("check-scripts", "--config", str(config)).returncode == 0
+
+
+def test_run_without_a_config_keeps_its_state_out_of_the_current_folder(
+    scripts: Path, tmp_path: Path
+) -> None:
+    work = tmp_path / "project"
+    work.mkdir()
+    home = tmp_path / "home"
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("MICROSANDBOX_", "XDG_"))
+    }
+    env["HOME"] = str(home)
+    for expected in (1, 2):  # the state persists between runs
+        result = subprocess.run(
+            [*CLI, "run", str(scripts / "sequence.py"), "--input", "n=1"],
+            capture_output=True, text=True, timeout=120, env=env, cwd=work,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout) == {"seen": expected}
+    assert list(work.iterdir()) == []  # no microsandbox-state.db(.locks) left here
+    state = home / ".local" / "state" / "reflow-microsandbox"
+    assert {path.name for path in state.iterdir()} >= {"run-state.db", "run-state.db.locks"}
+
+
+def test_check_config_warns_about_a_script_folder_that_does_not_exist(tmp_path: Path) -> None:
+    (tmp_path / "here").mkdir()
+    config = tmp_path / "microsandbox.yaml"
+    config.write_text(yaml.safe_dump({"scripts": {"folders": ["here", "not-there"]}}))
+    result = cli("check-config", str(config))
+    assert result.returncode == 0 and result.stdout.startswith("ok: ")
+    assert "warning: scripts.folders[1]" in result.stderr
+    assert str(tmp_path / "not-there") in result.stderr
+    assert "folders[0]" not in result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import aiohttp
@@ -201,3 +202,56 @@ async def test_metrics_endpoint_exposes_every_required_metric_with_sensible_valu
     assert total("microsandbox_sandbox_start_seconds_count") >= 1
     # The zstd client was still connected at scrape time.
     assert value("microsandbox_ws_connections") == 1
+
+
+async def test_http_rpc_while_draining_is_503_with_each_requests_own_id(server: Server) -> None:
+    client = await RawClient.open(ws_url(server))
+    try:
+        # A running call keeps the drain going while the HTTP requests arrive.
+        await client.send(
+            {"jsonrpc": "2.0", "id": "slow", "method": "process",
+             "params": {"actor_id": "slow", "payload": {"seconds": 2}}}
+        )  # fmt: skip
+        started = await client.recv()
+        assert started["params"]["port"] == "started"
+        stopping = asyncio.create_task(server.stop())
+        for _ in range(500):  # bounded: until the HTTP port refuses new calls
+            status, reply = await post_rpc(
+                server, {"jsonrpc": "2.0", "id": 1, "method": "list", "params": {}}
+            )
+            if status == 503:
+                break
+            await asyncio.sleep(0.01)
+        assert status == 503
+        assert isinstance(reply, dict) and reply["id"] == 1
+        assert reply["error"]["data"]["kind"] == "unavailable"
+        assert "shutting down" in reply["error"]["message"]
+        status, batch = await post_rpc(
+            server,
+            [{"jsonrpc": "2.0", "id": "a", "method": "list"},
+             {"jsonrpc": "2.0", "id": 2, "method": "list"}],
+        )  # fmt: skip
+        assert status == 503 and isinstance(batch, list)
+        assert [item["id"] for item in batch] == ["a", 2]
+        response = await client.recv(timeout=30)
+        assert response["id"] == "slow" and "result" in response  # the running call finished
+    finally:
+        await client.close()
+    await stopping
+
+
+async def test_unknown_paths_and_methods_on_the_http_port_answer_json(server: Server) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(http_url(server, "/api/v1/nope")) as response:
+            assert response.status == 404
+            assert response.content_type == "application/json"
+            body = await response.json()
+            assert body == {"success": False, "error": "no such endpoint: GET /api/v1/nope"}
+        async with session.get(http_url(server, "/api/v1/rpc")) as response:
+            assert response.status == 405
+            assert response.content_type == "application/json"
+            assert "POST" in response.headers["Allow"]
+            assert (await response.json())["error"] == "method not allowed: GET /api/v1/rpc"
+        # An unknown function's status keeps its own JSON (Reflow's shape).
+        async with session.get(http_url(server, "/api/v1/functions/fn-nope")) as response:
+            assert response.status == 404 and "state" in await response.json()

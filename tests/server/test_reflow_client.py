@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from reflow_microsandbox.config import parse_config
 from reflow_microsandbox.server import Server
 
 from .clients import ReflowClient
-from .conftest import StartServer, make_config, ws_url
+from .conftest import StartServer, config_data, make_config, ws_url
 
 
 async def test_reflow_client_runs_an_actor_with_reflows_exact_params(server: Server) -> None:
@@ -105,3 +106,28 @@ async def test_namespaces_come_from_sub_folders_and_state_keys_follow_them(
         assert await redis.get("team.billing:adder:total") == b"7"
     finally:
         await redis.aclose()
+
+
+async def test_inline_load_accepts_the_language_names_its_error_lists(
+    start_server: StartServer, scripts: Path, tmp_path: Path, redis_url: str
+) -> None:
+    data = config_data(scripts, tmp_path, redis_url)
+    data["scripts"]["allow_inline"] = True
+    server = await start_server(parse_config(data))
+    js = "module.exports = {process: async (context) => ({lang: 'js'})};\n"
+    py = "def process(context):\n    return {'lang': 'py'}\n"
+    async with ReflowClient(ws_url(server)) as client:
+        for language, source, expected in (
+            ("js", js, "js"), ("node", js, "js"), ("JavaScript", js, "js"), ("nodejs", js, "js"),
+            ("py", py, "py"), ("python3", py, "py"),
+        ):  # fmt: skip
+            name = f"inline_{language.lower()}"
+            loaded = await client.call(
+                "load", {"source": source, "language": language, "name": name}
+            )
+            assert loaded.raw["result"]["success"] is True, (language, loaded.raw)
+            assert (await client.process(name)).outputs == {"lang": expected}, language
+        refused = await client.call("load", {"source": js, "language": "ruby", "name": "r"})
+        assert refused.error is not None and refused.error["code"] == -32602
+        assert "'ruby'" in refused.error["message"]
+        assert "js" in refused.error["message"] and "javascript" in refused.error["message"]

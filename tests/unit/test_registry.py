@@ -155,14 +155,29 @@ def test_two_actors_with_one_name_in_one_namespace_is_an_error_naming_both(
 def test_broken_scripts_are_skipped_with_a_reason(scripts: Path) -> None:
     write(scripts, "broken.py", "@actor\nasync def process(context:\n")
     write(scripts, "wrong_function.py", "@actor\nasync def run(context):\n    return {}\n")
-    write(scripts, "bad_meta.js", "const metadata = {component: 'x'};\nfunction process(){}\n")
+    write(scripts, "bad_meta.js", "const metadata = {component: NAME};\nfunction process(){}\n")
     registry = discovered(scripts)
     assert "broken" not in registry.names()
     assert len(registry.problems) == 3
     problems = "\n".join(registry.problems)
     assert "syntax error at line 2" in problems
     assert "no process function" in problems
-    assert "must be valid JSON" in problems
+    assert "bad_meta.js: `const metadata` must be an object literal of constants" in problems
+
+
+def test_javascript_metadata_is_read_as_node_reads_an_object_literal(scripts: Path) -> None:
+    write(
+        scripts,
+        "literal.js",
+        "// unquoted keys, single quotes, a trailing comma, comments: all JavaScript\n"
+        "const metadata = {\n  component: 'literal_js', // its name\n"
+        "  inports: ['a', \"b\"],\n  outports: ['out',],\n};\n"
+        "module.exports = { process: async (context) => ({}) };\n",
+    )
+    registry = discovered(scripts)
+    info = registry.resolve("literal_js")
+    assert info.metadata["inports"] == ["a", "b"] and info.metadata["outports"] == ["out"]
+    assert info.source.filename == "literal.js"  # relative to its scripts folder
 
 
 def test_load_file_registers_a_new_script_inside_a_folder(scripts: Path) -> None:
