@@ -4,6 +4,10 @@
 #
 #   compose/render.sh [OUT_DIR]      # default: compose/ itself
 #
+# k8s/render.sh renders the Kubernetes ConfigMaps' files the same way, with INVENTORY
+# (default compose/inventory.yml), PROMETHEUS_SD_NAME (the DNS name whose addresses are
+# the replicas, default microsandbox) and RENDER_NOTE (default docker-compose).
+#
 # Two adjustments the templates cannot express yet, both deterministic:
 #   - redis.conf loses its requirepass line: the password comes from REDIS_PASSWORD at
 #     start (docker-compose.yml), so no secret is ever written here. A throw-away random
@@ -15,6 +19,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-compose}
+INVENTORY=${INVENTORY:-compose/inventory.yml}
+PROMETHEUS_SD_NAME=${PROMETHEUS_SD_NAME:-microsandbox}
+RENDER_NOTE=${RENDER_NOTE:-docker-compose}
 ANSIBLE_PLAYBOOK=${ANSIBLE_PLAYBOOK:-.venv/bin/ansible-playbook}
 PYTHON=${PYTHON:-.venv/bin/python}
 
@@ -22,7 +29,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 throwaway=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
 if ! ANSIBLE_STDOUT_CALLBACK=ansible.builtin.minimal "$ANSIBLE_PLAYBOOK" \
-    -i compose/inventory.yml ansible/render.yml \
+    -i "$INVENTORY" ansible/render.yml \
     -e "render_dest=$work" -e "redis_requirepass=$throwaway" >"$work/log" 2>&1; then
   cat "$work/log" >&2
   echo "render: ansible/render.yml failed (output above)" >&2
@@ -34,12 +41,13 @@ sed '/^requirepass /d' "$work/redis/redis.conf" >"$out/redis.conf"
 cp "$work/microsandbox/microsandbox.yaml" "$out/microsandbox.yaml"
 cp "$work/nginx/nginx-loadbalancer.conf" "$out/nginx-loadbalancer.conf"
 cp "$work/prometheus/microsandbox-alerts.yml" "$out/rules/microsandbox-alerts.yml"
-"$PYTHON" - "$work/prometheus/prometheus.yml" "$out/prometheus.yml" <<'PY'
+"$PYTHON" - "$work/prometheus/prometheus.yml" "$out/prometheus.yml" "$PROMETHEUS_SD_NAME" \
+  "$RENDER_NOTE" <<'PY'
 import sys
 
 import yaml
 
-source, dest = sys.argv[1:]
+source, dest, sd_name, note = sys.argv[1:]
 text = open(source, encoding="utf-8").read()
 header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
 config = yaml.safe_load(text)
@@ -48,7 +56,7 @@ for job in config["scrape_configs"]:
         port = job["static_configs"][0]["targets"][0].rsplit(":", 1)[1]
         del job["static_configs"]
         job["dns_sd_configs"] = [
-            {"names": ["microsandbox"], "type": "A", "port": int(port), "refresh_interval": "5s"}
+            {"names": [sd_name], "type": "A", "port": int(port), "refresh_interval": "5s"}
         ]
 class Dumper(yaml.SafeDumper):
     """Indents sequences under their key, as yamllint's default expects."""
@@ -59,7 +67,7 @@ class Dumper(yaml.SafeDumper):
 
 with open(dest, "w", encoding="utf-8") as out:
     out.write("---\n" + header)
-    out.write("# docker-compose: the microsandbox job finds every replica by DNS (compose/render.sh).\n")
+    out.write(f"# {note}: the microsandbox job finds every replica by DNS (compose/render.sh).\n")
     yaml.dump(config, out, Dumper=Dumper, sort_keys=False)
 PY
 echo "render: wrote $out/{redis.conf,microsandbox.yaml,nginx-loadbalancer.conf,prometheus.yml,rules/}"

@@ -3,6 +3,8 @@
 :class:`Server` starts everything in that order and stops it in reverse, draining
 first: new connections and calls are refused, running calls get up to
 ``server.drain_timeout`` to finish, then every sandbox is killed and the store closed.
+WebSocket connections are drained one by one, each closed as soon as its client waits for
+nothing (transports/ws.py), so Reflow reconnects through the balancer to another node.
 Use it as ``async with Server(config) as server:``, or ``start()`` / ``stop()``.
 """
 
@@ -143,12 +145,21 @@ class Server:
             return
         self._stopped = True
         timeout = self.config.server.drain_timeout
+        deadline = asyncio.get_running_loop().time() + timeout
         self._ws.stop_accepting()
         self._http.stop_accepting()
         self.functions.stop_accepting()
         # HTTP stays up while calls drain: /ready says 503, a deploy or an HTTP call is
         # refused with a JSON answer (503: nothing was done, a balancer retries elsewhere).
-        drained = await self.dispatcher.wait_idle(timeout)
+        # WebSocket connections are closed one by one as their clients wait for nothing.
+        connections_closed = await self._ws.drain(timeout)
+        if not connections_closed:
+            log.warning(
+                "WebSocket connections still open after the %.1f s drain timeout: closing them",
+                timeout,
+            )
+        remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+        drained = await self.dispatcher.wait_idle(remaining)
         await self._http.close()
         if not drained:
             log.warning(

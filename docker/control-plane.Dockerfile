@@ -44,7 +44,9 @@ ENV PATH=/opt/microsandbox/bin:$PATH \
 # the bubblewrap backend switches each sandbox to a host uid of its own.
 WORKDIR /var/lib/microsandbox
 EXPOSE 5555 5556 9090
-HEALTHCHECK --interval=5s --timeout=3s --start-period=5s --retries=3 \
+# The start period only forgives failures (a passing check reports healthy at once): it
+# is long enough for a first start on a busy machine, which compose's depends_on waits for.
+HEALTHCHECK --interval=5s --timeout=5s --start-period=60s --retries=3 \
   CMD ["python3", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:5555/health', timeout=2)"]
 LABEL org.opencontainers.image.title="reflow-microsandbox control plane"
 ENTRYPOINT ["reflow-microsandbox"]

@@ -10,6 +10,10 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /etc/nginx/sites-enabled/default \
  && ln -sf /dev/stdout /var/log/nginx/access.log \
  && ln -sf /dev/stderr /var/log/nginx/error.log
+# For orchestrators whose replicas change address (Docker Swarm, Kubernetes): run
+# `nginx-upstream-sync` instead of nginx; it runs nginx and keeps its upstreams equal to
+# the ready replicas (docker/nginx_upstream_sync.py). Compose keeps plain nginx.
+COPY nginx_upstream_sync.py /usr/local/bin/nginx-upstream-sync
 EXPOSE 8080
 STOPSIGNAL SIGQUIT
 LABEL org.opencontainers.image.title="reflow-microsandbox compose nginx"

@@ -14,6 +14,6 @@ elif ! scripts/build-images.sh; then
   echo "the sandbox images could not be built (see the output above)" > .docker-unavailable
 fi
 
-echo "== ruff";   .venv/bin/ruff check control tests bench monitoring
-echo "== mypy";   .venv/bin/mypy control monitoring
+echo "== ruff";   .venv/bin/ruff check control tests bench monitoring docker scripts
+echo "== mypy";   .venv/bin/mypy control monitoring docker/nginx_upstream_sync.py scripts/wheelhouse.py
 echo "== pytest"; .venv/bin/pytest "$@"

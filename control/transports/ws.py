@@ -11,14 +11,21 @@ Framing rules, all from Reflow's client contract:
 * Calls on one connection run concurrently, one task per frame (bounded per
   connection); responses go out when ready. A call's ``output`` pushes are sent, in
   order, before its response.
-* Draining (:meth:`WsTransport.stop_accepting`): no new connections; each open one is
-  closed (1001) once it has no call running, so that Reflow's lazy reconnect takes
-  its next call through the balancer to another node.
+
+Draining (:meth:`WsTransport.stop_accepting`, then :meth:`WsTransport.drain`): no new
+connection is accepted, and each open one keeps being served until it can be closed
+(1001 going away) at a moment its client is waiting for nothing: right after the reply
+to its last running call, or once it has been silent for :data:`DRAIN_IDLE_CLOSE`.
+Reflow reconnects lazily before its next call when it saw a Close, so through the
+balancer that next call lands on another node and no call of a rolling restart is
+lost or refused. A frame that crosses the Close on the wire cannot be answered on this
+connection any more, so it is not run either.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Callable
@@ -50,6 +57,12 @@ _PROTOCOL_LOG.setLevel(logging.WARNING)
 MAX_CALLS_PER_CONNECTION = 256
 """Calls one connection may have running at once; reading pauses beyond that."""
 
+DRAIN_IDLE_CLOSE = 1.0
+"""Seconds a connection with no running call must have been silent before a drain
+closes it. Longer than a client's pause between a reply and its next call (so that
+call is sent before the Close, and answered), short enough for a drain of seconds."""
+DRAIN_GOING_AWAY = "server draining: reconnect"
+
 SHUTTING_DOWN = jsonrpc.RpcError(
     jsonrpc.SANDBOX_ERROR_CODES["unavailable"],
     "the server is shutting down",
@@ -58,9 +71,9 @@ SHUTTING_DOWN = jsonrpc.RpcError(
 
 
 class _Peer:
-    """One connection: whether it opted in to zstd, and its running calls."""
+    """One connection: whether it opted in to zstd, its running calls, when it last spoke."""
 
-    __slots__ = ("conn", "limit", "scope", "tasks", "zstd")
+    __slots__ = ("calls", "closing", "conn", "last_frame", "limit", "scope", "tasks", "zstd")
 
     def __init__(self, conn: ServerConnection, zstd: bool) -> None:
         self.conn = conn
@@ -68,6 +81,9 @@ class _Peer:
         self.scope = CallScope()
         self.tasks: set[asyncio.Task[None]] = set()
         self.limit = asyncio.Semaphore(MAX_CALLS_PER_CONNECTION)
+        self.calls = 0  # calls read and not yet answered
+        self.last_frame = asyncio.get_running_loop().time()
+        self.closing = False  # a drain decided to close it: frames after that are not run
 
 
 class WsTransport:
@@ -92,7 +108,8 @@ class WsTransport:
         self._server: Server | None = None
         self._draining = False
         self._peers: set[_Peer] = set()
-        self._leaving: set[asyncio.Task[None]] = set()
+        self._all_closed = asyncio.Event()
+        self._idle_closer: asyncio.Task[None] | None = None
         self.port = 0
 
     async def start(self, host: str, port: int) -> int:
@@ -111,23 +128,33 @@ class WsTransport:
         return self.port
 
     def stop_accepting(self) -> None:
-        """Refuse new connections and new calls; running calls go on. A connection is
-        closed (1001) as soon as it has no call running, so that a client's next call
-        reconnects, through the balancer, to another node."""
+        """Start draining: refuse new connections; open ones are served until each can be
+        closed while its client waits for nothing (see the module's docstring)."""
+        if self._draining:
+            return
         self._draining = True
         if self._server is not None:
             self._server.close(close_connections=False)
-        for peer in list(self._peers):
-            if not peer.tasks:
-                self._send_away(peer)
+        if not self._peers:
+            self._all_closed.set()
+        self._idle_closer = asyncio.create_task(self._close_silent_peers())
 
-    def _send_away(self, peer: _Peer) -> None:
-        task = asyncio.ensure_future(peer.conn.close(CloseCode.GOING_AWAY, "server draining"))
-        self._leaving.add(task)
-        task.add_done_callback(self._leaving.discard)
+    async def drain(self, timeout: float) -> bool:
+        """After :meth:`stop_accepting`: wait until every connection has closed.
+
+        Returns False if some are still open after ``timeout`` seconds (:meth:`close`
+        then closes them, replies still owed or not).
+        """
+        try:
+            await asyncio.wait_for(self._all_closed.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     async def close(self) -> None:
         """Close every connection (1001 going away) and wait for the handlers."""
+        if self._idle_closer is not None:
+            self._idle_closer.cancel()
         if self._server is None:
             return
         self._draining = True
@@ -175,15 +202,20 @@ class WsTransport:
         except ConnectionClosed:
             pass
         finally:
-            self._peers.discard(peer)
             self._metrics.ws_connections.dec()
             # Calls still running finish (their state commits); their replies are dropped.
             if peer.tasks:
                 await asyncio.gather(*peer.tasks, return_exceptions=True)
+            self._peers.discard(peer)
+            if self._draining and not self._peers:
+                self._all_closed.set()
 
     async def _read_loop(self, peer: _Peer) -> None:
         conn = peer.conn
         async for message in conn:
+            peer.last_frame = asyncio.get_running_loop().time()
+            if peer.closing:
+                continue  # crossed our Close: it cannot be answered here, so it is not run
             if isinstance(message, bytes):
                 peer.zstd = True
                 try:
@@ -208,6 +240,7 @@ class WsTransport:
                 self._reject(peer, parsed)
                 continue
             await peer.limit.acquire()
+            peer.calls += 1
             task = asyncio.create_task(self._run(peer, parsed))
             peer.tasks.add(task)
             task.add_done_callback(peer.tasks.discard)
@@ -229,7 +262,7 @@ class WsTransport:
         try:
             scope = peer.scope
             reply: Response | list[Response] | None
-            if self._draining:
+            if peer.closing:
                 reply = self._refuse(parsed)
             elif isinstance(parsed, Request):
                 reply = await self._dispatcher.call(parsed, scope)
@@ -241,8 +274,34 @@ class WsTransport:
             log.exception("a WebSocket call failed outside the dispatcher")
         finally:
             peer.limit.release()
-            if self._draining and peer.tasks <= {asyncio.current_task()}:
-                self._send_away(peer)  # its last call is answered
+            peer.calls -= 1
+            if self._draining and peer.calls == 0:
+                self._close_peer(peer)  # its client has its last reply and waits for nothing
+
+    def _close_peer(self, peer: _Peer) -> None:
+        """Close a drained connection (1001) in the background; idempotent."""
+        if peer.closing:
+            return
+        peer.closing = True
+        task = asyncio.create_task(self._going_away(peer.conn))
+        peer.tasks.add(task)
+        task.add_done_callback(peer.tasks.discard)
+
+    @staticmethod
+    async def _going_away(conn: ServerConnection) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await conn.close(CloseCode.GOING_AWAY, DRAIN_GOING_AWAY)
+
+    async def _close_silent_peers(self) -> None:
+        """While draining: close each connection with no running call once it has been
+        silent for DRAIN_IDLE_CLOSE seconds (checked every tenth of that)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            now = loop.time()
+            for peer in list(self._peers):
+                if peer.calls == 0 and now - peer.last_frame >= DRAIN_IDLE_CLOSE:
+                    self._close_peer(peer)
+            await asyncio.sleep(DRAIN_IDLE_CLOSE / 10)
 
     def _refuse(
         self, parsed: Request | list[Request | Response]

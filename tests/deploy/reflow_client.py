@@ -3,7 +3,8 @@
 
 One WebSocket connection per actor instance, text frames only, one ``process`` request
 per frame with a UUID string id; ``output`` notifications are collected until the
-response with that id arrives. Used by tests/deploy/test_compose.py (imported) and by
+response with that id arrives; a connection the server closed is dialled again before
+the next call (:class:`ReflowConnection`). Used by tests/deploy/test_compose.py (imported) and by
 molecule/default/verify.yml (run on a node with the control plane's Python:
 ``reflow_client.py URL ACTOR [--calls N]``, one JSON line per call on stdout).
 Needs only the standard library and ``websockets``.
@@ -12,6 +13,7 @@ Needs only the standard library and ``websockets``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -19,7 +21,8 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from websockets.sync.client import connect
+from websockets.protocol import State
+from websockets.sync.client import ClientConnection, connect
 
 
 @dataclass
@@ -57,6 +60,61 @@ def process_request(
     return call_id, json.dumps(frame)
 
 
+def _await_response(ws: ClientConnection, call_id: str, timeout: float) -> CallResult:
+    """Read until the response to ``call_id``; pushes before it are collected."""
+    pushes: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"no response to {call_id} within {timeout} s")
+        message = ws.recv(timeout=remaining)
+        if isinstance(message, bytes):
+            continue  # Reflow ignores binary frames; so do we.
+        data = json.loads(message)
+        if "id" not in data:
+            if data.get("method") in ("output", "script_output"):
+                pushes.append(data["params"])
+            continue
+        if data["id"] != call_id:
+            continue  # Reflow drops responses with unknown ids.
+        return CallResult(
+            id_echoed=isinstance(data["id"], str),
+            outputs=(data.get("result") or {}).get("outputs"),
+            error=data.get("error"),
+            pushes=pushes,
+        )
+
+
+class ReflowConnection:
+    """One actor instance's connection, kept across calls, redialled lazily as Reflow does:
+    before a call, if the server closed it (a draining node says 1001), dial again, which
+    through the balancer reaches another node. A call whose connection closes before its
+    response arrives is lost: :meth:`call` raises ``ConnectionClosed``, as Reflow fails it.
+    """
+
+    def __init__(self, url: str, *, timeout: float = 30.0) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.dials = 0
+        self._ws: ClientConnection | None = None
+        self._opened = contextlib.ExitStack()
+
+    def call(self, actor: str, payload: dict[str, Any] | None = None) -> CallResult:
+        if self._ws is None or self._ws.protocol.state is not State.OPEN:
+            self.close()
+            self._ws = self._opened.enter_context(
+                connect(self.url, open_timeout=self.timeout, close_timeout=2, max_size=2**24))
+            self.dials += 1
+        call_id, frame = process_request(actor, payload or {"input": 1})
+        self._ws.send(frame)
+        return _await_response(self._ws, call_id, self.timeout)
+
+    def close(self) -> None:
+        self._ws = None
+        self._opened.close()
+
+
 def call(url: str, actor: str, payload: dict[str, Any] | None = None, *, timeout: float = 30.0,
          calls: int = 1) -> list[CallResult]:
     """Open one connection to ``url`` and make ``calls`` process calls for ``actor``."""
@@ -65,31 +123,7 @@ def call(url: str, actor: str, payload: dict[str, Any] | None = None, *, timeout
         for _ in range(calls):
             call_id, frame = process_request(actor, payload or {"input": 1})
             ws.send(frame)
-            pushes: list[dict[str, Any]] = []
-            deadline = time.monotonic() + timeout
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(f"no response to {call_id} within {timeout} s")
-                message = ws.recv(timeout=remaining)
-                if isinstance(message, bytes):
-                    continue  # Reflow ignores binary frames; so do we.
-                data = json.loads(message)
-                if "id" not in data:
-                    if data.get("method") in ("output", "script_output"):
-                        pushes.append(data["params"])
-                    continue
-                if data["id"] != call_id:
-                    continue  # Reflow drops responses with unknown ids.
-                results.append(
-                    CallResult(
-                        id_echoed=isinstance(data["id"], str),
-                        outputs=(data.get("result") or {}).get("outputs"),
-                        error=data.get("error"),
-                        pushes=pushes,
-                    )
-                )
-                break
+            results.append(_await_response(ws, call_id, timeout))
     return results
 
 

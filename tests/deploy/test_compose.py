@@ -81,7 +81,7 @@ def _remove_sandboxes_of(hosts: list[str]) -> None:
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
+def stack(deploy_locked: None, tmp_path: Path) -> Iterator[Stack]:
     require_engine()
     run_script("scripts/build-images.sh")
     run_script("scripts/build-control-plane-image.sh")
@@ -89,6 +89,8 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     env.update(
         REDIS_PASSWORD=secrets.token_hex(16),
         MICROSANDBOX_LB_PORT=str(free_port()),
+        MICROSANDBOX_HTTP_PORT=str(free_port()),
+        MICROSANDBOX_WS_PORT=str(free_port()),
         PROMETHEUS_PORT=str(free_port()),
         # Deployed functions' dependency cache (a host path the engine binds): a temp dir.
         MICROSANDBOX_DEPENDENCY_CACHE=str(tmp_path / "function-dependencies"),

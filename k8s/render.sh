@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Renders the files of k8s/base's ConfigMaps (k8s/base/config/) from templates/, with
+# the same playbook and roles' defaults Ansible and docker-compose use
+# (ansible/render.yml through compose/render.sh, inventory k8s/inventory.yml):
+#
+#   k8s/render.sh [OUT_DIR]      # default: k8s/base/config
+#
+# Prometheus discovers the pods through the headless Service microsandbox-metrics.
+# tests/deploy/test_k8s.py renders into a temporary directory and compares, so the
+# committed files cannot drift from the templates.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+INVENTORY=k8s/inventory.yml PROMETHEUS_SD_NAME=microsandbox-metrics RENDER_NOTE=kubernetes \
+  exec compose/render.sh "${1:-k8s/base/config}"
