@@ -31,11 +31,18 @@ JS_ECHO = ActorSource(
 )
 
 
-async def test_a_language_that_cannot_start_sandboxes_is_reported_with_the_reason() -> None:
+def node_outside_usr() -> Path:
+    """A copy of this host's Node in a folder of its own under /var/tmp."""
     folder = Path(tempfile.mkdtemp(prefix="reflow-node-", dir="/var/tmp"))
     folder.chmod(0o755)
     node = folder / "node"
     shutil.copy2(os.path.realpath(shutil.which("node") or "/usr/bin/node"), node)
+    return node
+
+
+async def test_a_language_that_cannot_start_sandboxes_is_reported_with_the_reason() -> None:
+    node = node_outside_usr()
+    folder = node.parent
     config = settings(python_min=1, node_min=1, node_binary=str(node))
     backend = BubblewrapBackend(config)
     await backend.start()

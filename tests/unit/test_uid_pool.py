@@ -8,7 +8,7 @@ reaps slowly). The order is checked directly; tests/runtime start sandboxes for 
 
 from __future__ import annotations
 
-from reflow_microsandbox.sandbox.bubblewrap import _UidPool
+from reflow_microsandbox.sandbox.bubblewrap import UIDS_PER_PROCESS, _UidPool
 
 
 def test_a_freed_uid_is_not_handed_out_while_fresh_ones_remain() -> None:
@@ -20,8 +20,8 @@ def test_a_freed_uid_is_not_handed_out_while_fresh_ones_remain() -> None:
 
 def test_once_every_slot_was_used_the_longest_freed_uid_comes_back_first() -> None:
     pool = _UidPool()
-    taken = [pool.take() for _ in range(4096)]
-    assert len(set(taken)) == 4096
+    taken = [pool.take() for _ in range(UIDS_PER_PROCESS)]
+    assert len(set(taken)) == UIDS_PER_PROCESS
     pool.give_back(taken[10])
     pool.give_back(taken[3])
     assert [pool.take(), pool.take()] == [taken[10], taken[3]]

@@ -10,7 +10,6 @@ emulation (TCG) only: KVM does not work on these machines
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import platform
 import re
 import shutil
@@ -18,6 +17,8 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.deploy.support import deploy_lock
 
 QEMU = "qemu-system-x86_64"
 VM_LOCK = Path("/tmp/msb-vm.lock")
@@ -43,13 +44,10 @@ def qemu_unusable_reason() -> str | None:
 
 @contextlib.contextmanager
 def vm_lock() -> Iterator[None]:
-    """Hold /tmp/msb-vm.lock (the same lock as ``flock /tmp/msb-vm.lock`` in shells)."""
-    with VM_LOCK.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    """Hold /tmp/msb-vm.lock, also when run under ``flock /tmp/msb-vm.lock pytest ...``
+    (tests/deploy/support.py's lock, which reuses an inherited descriptor)."""
+    with deploy_lock(VM_LOCK):
+        yield
 
 
 def build_image(repo: Path, timeout: float = 900) -> Path:
