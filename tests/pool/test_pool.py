@@ -188,21 +188,38 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
+def _describe(pids: set[int]) -> list[str]:
+    described = []
+    for pid in sorted(pids):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                command = cmdline.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{pid}/stat") as stat:
+                state = stat.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            command, state = "?", "gone"
+        described.append(f"{pid} [{state}] {command[:200]}")
+    return described
+
+
 async def test_close_kills_every_sandbox_busy_ones_too(make_pool: Any) -> None:
+    # Processes earlier tests left under this pytest process (session fixtures) are not
+    # the pool's: only what appears from here on must be gone after close().
+    before = _descendants(os.getpid())
     pool = await make_pool(python_min=2, node_min=1)
     slow = python_actor("slow", "    import asyncio\n    await asyncio.sleep(30)\n")
     busy = asyncio.create_task(run(pool, slow))
     await asyncio.sleep(0.3)
-    assert _descendants(os.getpid()), "no sandbox process was running"
+    assert _descendants(os.getpid()) - before, "no sandbox process was running"
     await pool.close()
     with pytest.raises((SandboxError, asyncio.CancelledError)):
         await busy
     # Killed processes leave /proc once the kernel has torn them down and they are
     # reaped, which takes a while on a busy machine: wait for that, within a bound.
-    left = _descendants(os.getpid())
+    left = _descendants(os.getpid()) - before
     for _ in range(200):
         if not left:
             break
         await asyncio.sleep(0.05)
-        left = _descendants(os.getpid())
-    assert left == set(), f"processes outlived pool.close(): {sorted(left)}"
+        left = _descendants(os.getpid()) - before
+    assert left == set(), f"processes outlived pool.close(): {_describe(left)}"
