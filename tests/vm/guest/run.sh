@@ -30,6 +30,12 @@ chgrp -R microsandbox /srv/reflow-microsandbox/scripts /etc/reflow-microsandbox
 chmod -R u=rwX,g=rX,o= /srv/reflow-microsandbox/scripts
 chmod 0750 /etc/reflow-microsandbox /srv/reflow-microsandbox/scripts
 install -m 0644 /mnt/job/reflow-microsandbox.service /etc/systemd/system/
+# Whatever else the unit needs writable (the role's install.yml creates each; a missing
+# one fails the unit with status 226/NAMESPACE).
+for path in $(sed -n 's/^ReadWritePaths=//p' /mnt/job/reflow-microsandbox.service); do
+  path=${path#-}
+  [ -d "$path" ] || install -d -o microsandbox -g microsandbox -m 0775 "$path"
+done
 
 # The tests' unit: the role's unit (Delegate=yes, its capabilities and hardening) running
 # pytest instead of the server.
