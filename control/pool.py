@@ -19,7 +19,10 @@ are refused at once with ``pool_exhausted``, ``data.reason`` ``queue_full``); wh
 language is at ``max_instances``, capacity goes to the waiting actor with the fewest
 sandboxes, and an actor holding at least two more than a starved one gives one up
 when a call of its own ends (killed as ``rebalanced``). Waiting calls sleep on their
-own future, so a long queue costs nothing while other actors' calls come and go.
+own future, so a long queue costs nothing while other actors' calls come and go. CPU:
+each of an actor's ``k`` sandboxes gets ``1/k`` of a sandbox's CPU weight
+(``Sandbox.set_cpu_share``: cgroup ``cpu.shares`` / ``cpu.weight``), so under
+contention an actor running many sandboxes weighs as much as one running one.
 """
 
 from __future__ import annotations
@@ -530,6 +533,7 @@ class SandboxPool:
             return
         member = _Bound(sandbox, group)
         group.members.append(member)
+        self._reweigh(group)
         self._hand_over(member)
 
     async def _spawn(self, language: Language, package_dirs: tuple[str, ...] = ()) -> Sandbox:
@@ -621,8 +625,17 @@ class SandboxPool:
             group.members.remove(member)
         with contextlib.suppress(ValueError):
             group.idle.remove(member)
+        self._reweigh(group)
         if not group.members and not group.waiters and self._groups.get(group.actor.key) is group:
             del self._groups[group.actor.key]
+
+    @staticmethod
+    def _reweigh(group: _ActorGroup) -> None:
+        """Give each sandbox of the actor ``1/k`` of one sandbox's CPU weight (``k``: the
+        actor's sandboxes), so that the actor as a whole weighs as one sandbox."""
+        share = 1.0 / max(1, len(group.members))
+        for member in group.members:
+            member.sandbox.set_cpu_share(share)
 
     def _retire(self, member: _Bound) -> None:
         """Throw away a bound sandbox that may not serve again (see ``Sandbox.retire_reason``)."""

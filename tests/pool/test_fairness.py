@@ -14,8 +14,9 @@ import pytest
 
 from reflow_microsandbox.pool import SandboxPool
 from reflow_microsandbox.sandbox.base import SandboxError
+from reflow_microsandbox.sandbox.bubblewrap import BubblewrapBackend
 
-from .conftest import python_actor
+from .conftest import python_actor, settings
 from .test_pool import run
 
 SLOW = python_actor(
@@ -131,3 +132,43 @@ async def test_fair_shares_between_two_busy_actors_at_capacity(make_pool: Any) -
     finally:
         stop.set()
         await asyncio.gather(*callers)
+
+
+def cpu_weight(backend: BubblewrapBackend, sandbox_id: str) -> int:
+    """The sandbox's CPU weight as the host's cgroup holds it (v1 cpu.shares, v2 cpu.weight)."""
+    manager = backend.cgroups
+    assert manager is not None
+    if manager.version == 2:
+        return int((manager.parents["memory"] / sandbox_id / "cpu.weight").read_text())
+    return int((manager.parents["cpu"] / sandbox_id / "cpu.shares").read_text())
+
+
+async def test_an_actor_running_many_sandboxes_weighs_on_the_cpu_as_one() -> None:
+    # The flooder holds four sandboxes, the quiet actor one: under CPU contention the
+    # flooder's four together must weigh what the quiet actor's one weighs.
+    config = settings(python_max=6, max_per_actor=4, call_timeout=20.0)
+    backend = BubblewrapBackend(config)
+    await backend.start()
+    if backend.cgroups is None:
+        await backend.close()
+        pytest.skip("no cgroups here (allow_rlimits_only): no CPU weight to give")
+    pool = SandboxPool(backend, config)
+    await pool.start()
+    try:
+        floods = [asyncio.create_task(run(pool, SLOW, s=8)) for _ in range(4)]
+        await wait_for(lambda: busy(pool, SLOW.key) == 4, "the flooder's four sandboxes to run")
+        assert await run(pool, QUIET) == {"output": "served"}
+        weights: dict[str | None, list[int]] = {}
+        for info in pool.snapshot():
+            if info.actor_key is not None:
+                weights.setdefault(info.actor_key, []).append(cpu_weight(backend, info.sandbox_id))
+        full = 100 if backend.cgroups.version == 2 else 1024
+        assert weights[QUIET.key] == [full]
+        assert weights[SLOW.key] == [full // 4] * 4
+        assert busy(pool, SLOW.key) == 4  # read while the flood ran
+        # A warm sandbox (bound to no actor yet) keeps the kernel's default weight.
+        warm = [i.sandbox_id for i in pool.snapshot() if i.state == "warm"]
+        assert all(cpu_weight(backend, sandbox_id) == full for sandbox_id in warm)
+        assert await asyncio.gather(*floods) == [{"output": 1}] * 4
+    finally:
+        await pool.close()
