@@ -265,8 +265,13 @@ async def main(args: argparse.Namespace) -> None:
         changes: dict[str, Any] = {"logging": {"level": "warning"}}
         if args.backend != "bubblewrap":
             changes["sandbox"] = {"backend": args.backend}
+        pool: dict[str, Any] = {}
         if args.max_per_actor is not None:
-            changes.setdefault("sandbox", {})["pool"] = {"max_per_actor": args.max_per_actor}
+            pool["max_per_actor"] = args.max_per_actor
+        if args.rate_per_actor is not None:
+            pool["max_calls_per_second_per_actor"] = args.rate_per_actor
+        if pool:
+            changes.setdefault("sandbox", {})["pool"] = pool
         deployment = Deployment(rendered, workdir / "deployment", changes=changes)
         rows: Rows = []
         print(f"reflow-microsandbox load benchmark ({os.cpu_count()} cores, one node behind "
@@ -303,6 +308,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quiet-rate", type=float, default=50, help="quiet actor calls/s")
     parser.add_argument("--max-per-actor", type=int, default=None,
                         help="sandbox.pool.max_per_actor (default: as rendered)")  # fmt: skip
+    parser.add_argument("--rate-per-actor", type=float, default=None,
+                        help="sandbox.pool.max_calls_per_second_per_actor")  # fmt: skip
     return parser.parse_args(argv)
 
 

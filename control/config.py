@@ -68,6 +68,10 @@ class PoolConfig(_Section):
     # Calls of one actor that may wait for a sandbox beyond the max_per_actor that can
     # run at once; more are refused at once with pool_exhausted instead of waiting.
     max_queued_per_actor: int = Field(256, ge=0, le=100000)
+    # Calls of one actor started per second at most (0: unpaced); max_per_actor may start
+    # at once. Calls beyond wait before they start, or are refused with pool_exhausted
+    # (reason rate_limited) when they would wait longer than acquire_timeout.
+    max_calls_per_second_per_actor: float = Field(0.0, ge=0, le=1_000_000)
     # seconds before an idle bound sandbox is recycled
     idle_timeout: float = Field(300.0, gt=0)
     max_calls: int = Field(10000, ge=1, description="calls after which a sandbox is recycled")

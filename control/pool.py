@@ -19,7 +19,10 @@ are refused at once with ``pool_exhausted``, ``data.reason`` ``queue_full``); wh
 language is at ``max_instances``, capacity goes to the waiting actor with the fewest
 sandboxes, and an actor holding at least two more than a starved one gives one up
 when a call of its own ends (killed as ``rebalanced``). Waiting calls sleep on their
-own future, so a long queue costs nothing while other actors' calls come and go. CPU:
+own future, so a long queue costs nothing while other actors' calls come and go.
+Optionally (``max_calls_per_second_per_actor``) an actor's calls are paced before they
+start (:mod:`.pacing`), which bounds the share of the event loop one actor's fast calls
+take; past ``acquire_timeout`` of pacing they are refused (``rate_limited``). CPU:
 each of an actor's ``k`` sandboxes gets ``1/k`` of a sandbox's CPU weight
 (``Sandbox.set_cpu_share``: cgroup ``cpu.shares`` / ``cpu.weight``), so under
 contention an actor running many sandboxes weighs as much as one running one.
@@ -38,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from .config import LANGUAGES, Language, SandboxConfig
+from .pacing import Pacer
 from .sandbox.base import (
     JSON,
     ActorSource,
@@ -201,6 +205,12 @@ class SandboxPool:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self._reaper: asyncio.Task[None] | None = None
+        pool = settings.pool
+        self._pacer = (
+            Pacer(pool.max_calls_per_second_per_actor, pool.max_per_actor, pool.acquire_timeout)
+            if pool.max_calls_per_second_per_actor > 0
+            else None
+        )
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -278,6 +288,8 @@ class SandboxPool:
 
         ``timeout`` (seconds) shortens the call's limit below ``sandbox.call_timeout``.
         """
+        if self._pacer is not None:
+            await self._pace(actor, self._pacer)
         member = await self._acquire(actor)
         limit = self._settings.call_timeout
         if timeout is not None:
@@ -343,6 +355,21 @@ class SandboxPool:
         return infos
 
     # -- acquiring ----------------------------------------------------------------------
+
+    async def _pace(self, actor: ActorSource, pacer: Pacer) -> None:
+        """Wait for the actor's next start under ``max_calls_per_second_per_actor``, or
+        refuse the call at once when that is more than ``acquire_timeout`` away."""
+        delay = pacer.reserve(actor.key, time.monotonic())
+        if delay is None:
+            raise SandboxError(
+                "pool_exhausted",
+                f"actor {actor.key!r} is paced to {pacer.rate:g} calls/s "
+                f"(max_calls_per_second_per_actor) and its waiting calls fill the next "
+                f"{pacer.max_delay:g} s (acquire_timeout): the call was refused at once",
+                details={"reason": "rate_limited"},
+            )
+        if delay > 0:
+            await asyncio.sleep(delay)
 
     def _group_for(self, actor: ActorSource) -> _ActorGroup:
         group = self._groups.get(actor.key)
@@ -726,6 +753,8 @@ class SandboxPool:
             self._reap_idle(time.monotonic() - idle_timeout)
 
     def _reap_idle(self, used_before: float) -> None:
+        if self._pacer is not None:
+            self._pacer.prune(time.monotonic())
         for group in list(self._groups.values()):
             for member in list(group.idle):
                 if not member.sandbox.alive:

@@ -172,3 +172,31 @@ async def test_an_actor_running_many_sandboxes_weighs_on_the_cpu_as_one() -> Non
         assert await asyncio.gather(*floods) == [{"output": 1}] * 4
     finally:
         await pool.close()
+
+
+FAST = python_actor("fast", "    return 'fast'")
+
+
+async def test_a_paced_actor_waits_its_turn_is_refused_beyond_it_and_others_are_served(
+    make_pool: Any,
+) -> None:
+    # One start per 5 s for each actor (one at once), at most 7 s of waiting: of four
+    # calls at once the first runs, the second waits its turn, the rest are refused.
+    pool = await make_pool(
+        max_per_actor=1, max_calls_per_second_per_actor=0.2, acquire_timeout=7.0
+    )
+    flood = [asyncio.create_task(run(pool, FAST)) for _ in range(4)]
+    await wait_for(lambda: sum(task.done() for task in flood) >= 3, "three flood calls to end")
+    ended = [task.result() if not task.exception() else task.exception()
+             for task in flood if task.done()]  # fmt: skip
+    assert ended[0] == {"output": "fast"}
+    refused = [error for error in ended[1:] if isinstance(error, SandboxError)]
+    reasons = [(e.kind, e.details["reason"]) for e in refused]
+    assert reasons == [("pool_exhausted", "rate_limited")] * 2
+    assert "0.2 calls/s" in refused[0].message
+    waiting = [task for task in flood if not task.done()]
+    assert len(waiting) == 1
+    # Another actor is not paced by the flooder's pace: served while the flooder waits.
+    assert await run(pool, QUIET) == {"output": "served"}
+    assert not waiting[0].done()
+    assert await waiting[0] == {"output": "fast"}
