@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from reflow_microsandbox.errors import CallError, PoolError
 from reflow_microsandbox.pool import SandboxPool
-from reflow_microsandbox.sandbox.base import SandboxError
 from reflow_microsandbox.sandbox.bubblewrap import BubblewrapBackend
 
 from .conftest import python_actor, settings
@@ -44,7 +44,7 @@ async def test_a_flooding_actor_is_refused_once_its_queue_is_full_and_others_are
     accepted = [asyncio.create_task(run(pool, SLOW, s=2)) for _ in range(2 + 3)]
     await wait_for(lambda: busy(pool, SLOW.key) == 2, "the flooder's two sandboxes to run")
 
-    with pytest.raises(SandboxError) as refused:
+    with pytest.raises(PoolError) as refused:
         await run(pool, SLOW, s=2)
     error = refused.value
     assert error.kind == "pool_exhausted"
@@ -68,7 +68,7 @@ async def test_no_queueing_beyond_max_per_actor_when_the_queue_limit_is_zero(
     pool = await make_pool(python_max=4, max_per_actor=2, max_queued_per_actor=0)
     running = [asyncio.create_task(run(pool, SLOW, s=2)) for _ in range(2)]
     await wait_for(lambda: busy(pool, SLOW.key) == 2, "two running calls")
-    with pytest.raises(SandboxError) as refused:
+    with pytest.raises(PoolError) as refused:
         await run(pool, SLOW)
     assert refused.value.details["reason"] == "queue_full"
     assert await asyncio.gather(*running) == [{"output": 1}] * 2
@@ -91,7 +91,7 @@ async def test_an_actor_holding_the_whole_language_gives_a_sandbox_to_a_starved_
             try:
                 await run(pool, SLOW, s=0.3)
                 flood_outcomes.append("ok")
-            except SandboxError as error:
+            except CallError as error:
                 flood_outcomes.append(error.kind)
 
     flooders = [asyncio.create_task(flood()) for _ in range(12)]
@@ -117,7 +117,7 @@ async def test_fair_shares_between_two_busy_actors_at_capacity(make_pool: Any) -
 
     async def keep_calling(actor: Any) -> None:
         while not stop.is_set():
-            with contextlib.suppress(SandboxError):
+            with contextlib.suppress(CallError):
                 await run(pool, actor, s=0.3)
 
     callers = [asyncio.create_task(keep_calling(SLOW)) for _ in range(8)]
@@ -190,7 +190,7 @@ async def test_a_paced_actor_waits_its_turn_is_refused_beyond_it_and_others_are_
     ended = [task.result() if not task.exception() else task.exception()
              for task in flood if task.done()]  # fmt: skip
     assert ended[0] == {"output": "fast"}
-    refused = [error for error in ended[1:] if isinstance(error, SandboxError)]
+    refused = [error for error in ended[1:] if isinstance(error, PoolError)]
     reasons = [(e.kind, e.details["reason"]) for e in refused]
     assert reasons == [("pool_exhausted", "rate_limited")] * 2
     assert "0.2 calls/s" in refused[0].message
