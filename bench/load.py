@@ -272,6 +272,8 @@ async def main(args: argparse.Namespace) -> None:
             pool["max_calls_per_second_per_actor"] = args.rate_per_actor
         if pool:
             changes.setdefault("sandbox", {})["pool"] = pool
+        if args.cpu_limit_per_actor:
+            changes.setdefault("sandbox", {})["cpu_limit_per_actor"] = True
         deployment = Deployment(rendered, workdir / "deployment", changes=changes)
         rows: Rows = []
         print(f"reflow-microsandbox load benchmark ({os.cpu_count()} cores, one node behind "
@@ -310,6 +312,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="sandbox.pool.max_per_actor (default: as rendered)")  # fmt: skip
     parser.add_argument("--rate-per-actor", type=float, default=None,
                         help="sandbox.pool.max_calls_per_second_per_actor")  # fmt: skip
+    parser.add_argument("--cpu-limit-per-actor", action="store_true",
+                        help="sandbox.cpu_limit_per_actor: true")  # fmt: skip
     return parser.parse_args(argv)
 
 

@@ -86,6 +86,10 @@ class SandboxConfig(_Section):
     backend: Literal["bubblewrap", "docker"] = "bubblewrap"
     memory_mb: int = Field(256, ge=16, le=65536)
     cpu_limit: float = Field(0.5, gt=0, le=64)
+    # true: cpu_limit holds for all of one actor's sandboxes together (each of k gets
+    # cpu_limit/k), so an actor's endless loops take one cpu_limit however many sandboxes
+    # it runs; false: cpu_limit per sandbox (an actor may use max_per_actor x cpu_limit).
+    cpu_limit_per_actor: bool = False
     max_processes: int = Field(32, ge=1, le=4096)
     max_open_files: int = Field(256, ge=16, le=65536)
     max_file_size_mb: int = Field(16, ge=1, le=65536)

@@ -42,7 +42,8 @@ class Sandbox(abc.ABC):
         """Weigh this sandbox's CPU time against the other sandboxes' (``share`` in (0, 1]:
         1 is a whole actor's weight). The pool gives an actor with ``k`` sandboxes
         ``1/k`` each, so one actor flooding the node gets, in all, the CPU weight of one
-        sandbox under contention. A no-op where the backend has no such weight."""
+        sandbox under contention (and with ``sandbox.cpu_limit_per_actor`` one
+        ``cpu_limit`` in all). A no-op where the backend has no such weight."""
         return None
 
     @abc.abstractmethod

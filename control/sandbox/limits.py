@@ -223,6 +223,15 @@ class SandboxCgroup:
         else:
             _write(self._file("cpu", "cpu.shares"), max(2, round(CPU_SHARES_V1 * share)))
 
+    def set_cpu_quota(self, cores: float) -> None:
+        """Write the CPU quota (``cpu.max`` on v2, ``cpu.cfs_quota_us`` on v1) for
+        ``cores`` CPUs per period. Raises OSError when it cannot write."""
+        quota = max(1000, int(cores * CPU_PERIOD_US))
+        if self.version == 2:
+            _write(self._file("memory", "cpu.max"), f"{quota} {CPU_PERIOD_US}")
+        else:
+            _write(self._file("cpu", "cpu.cfs_quota_us"), quota)
+
     def pids(self) -> list[int]:
         found: set[int] = set()
         for directory in set(self.dirs.values()):

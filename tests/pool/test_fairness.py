@@ -143,10 +143,23 @@ def cpu_weight(backend: BubblewrapBackend, sandbox_id: str) -> int:
     return int((manager.parents["cpu"] / sandbox_id / "cpu.shares").read_text())
 
 
-async def test_an_actor_running_many_sandboxes_weighs_on_the_cpu_as_one() -> None:
+def cpu_quota(backend: BubblewrapBackend, sandbox_id: str) -> int:
+    """The sandbox's CPU quota in microseconds per 100 ms period, from the host's cgroup."""
+    manager = backend.cgroups
+    assert manager is not None
+    if manager.version == 2:
+        return int((manager.parents["memory"] / sandbox_id / "cpu.max").read_text().split()[0])
+    return int((manager.parents["cpu"] / sandbox_id / "cpu.cfs_quota_us").read_text())
+
+
+@pytest.mark.parametrize("per_actor", [False, True], ids=["quota per sandbox", "per actor"])
+async def test_an_actor_running_many_sandboxes_weighs_on_the_cpu_as_one(per_actor: bool) -> None:
     # The flooder holds four sandboxes, the quiet actor one: under CPU contention the
-    # flooder's four together must weigh what the quiet actor's one weighs.
-    config = settings(python_max=6, max_per_actor=4, call_timeout=20.0)
+    # flooder's four together must weigh what the quiet actor's one weighs; with
+    # cpu_limit_per_actor their quotas also sum to one cpu_limit (0.5 CPU: 50 ms/100 ms).
+    config = settings(
+        python_max=6, max_per_actor=4, call_timeout=20.0, cpu_limit_per_actor=per_actor
+    )
     backend = BubblewrapBackend(config)
     await backend.start()
     if backend.cgroups is None:
@@ -165,6 +178,10 @@ async def test_an_actor_running_many_sandboxes_weighs_on_the_cpu_as_one() -> Non
         full = 100 if backend.cgroups.version == 2 else 1024
         assert weights[QUIET.key] == [full]
         assert weights[SLOW.key] == [full // 4] * 4
+        quotas = {key: [cpu_quota(backend, i.sandbox_id) for i in pool.snapshot()
+                        if i.actor_key == key] for key in (SLOW.key, QUIET.key)}  # fmt: skip
+        assert quotas[QUIET.key] == [50_000]
+        assert quotas[SLOW.key] == [12_500 if per_actor else 50_000] * 4
         assert busy(pool, SLOW.key) == 4  # read while the flood ran
         # A warm sandbox (bound to no actor yet) keeps the kernel's default weight.
         warm = [i.sandbox_id for i in pool.snapshot() if i.state == "warm"]
