@@ -5,6 +5,7 @@ environment variable and by its role variable."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -205,3 +206,38 @@ def test_adding_a_key_to_the_model_is_one_change(
         "| `microsandbox_state_lock_spin` | `state.lock_spin`, `MICROSANDBOX_STATE_LOCK_SPIN` |"
         in (guide)
     )
+
+
+# Set in a control plane container's environment for the entrypoint's own use, not read
+# as a config key (docker-stack.yml turns it into MICROSANDBOX_FUNCTIONS_DEPENDENCY_CACHE).
+NOT_KEYS = {"MICROSANDBOX_DEPENDENCY_CACHE"}
+
+
+def _deployment_environment(repo_root: Path) -> dict[str, set[str]]:
+    """MICROSANDBOX_* names the deployment files give the control plane's containers."""
+    found: dict[str, set[str]] = {}
+    for name in ("docker-compose.yml", "docker-stack.yml"):
+        service = yaml.safe_load((repo_root / name).read_text())["services"]["microsandbox"]
+        names = set(service.get("environment") or {})
+        script = " ".join(str(part) for part in service.get("entrypoint") or [])
+        names |= set(re.findall(r"\b(MICROSANDBOX_\w+)=", script))
+        found[name] = names
+    for path in sorted((repo_root / "k8s").rglob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            spec = ((doc or {}).get("spec") or {}).get("template", {}).get("spec", {})
+            for container in spec.get("containers", []):
+                names = {item["name"] for item in container.get("env", [])}
+                found.setdefault(str(path.relative_to(repo_root)), set()).update(names)
+    return {
+        source: {name for name in names if name.startswith("MICROSANDBOX_")}
+        for source, names in found.items()
+    }
+
+
+def test_deployments_override_only_keys_that_exist(repo_root: Path) -> None:
+    # A misspelt MICROSANDBOX_* variable is ignored by the control plane: catch it here.
+    found = _deployment_environment(repo_root)
+    assert found["docker-compose.yml"] and found["k8s/base/control-plane.yaml"]
+    known = {key.env for key in keys()} | NOT_KEYS
+    unknown = {source: sorted(names - known) for source, names in found.items() if names - known}
+    assert unknown == {}
