@@ -219,7 +219,7 @@ def render_template() -> str:
 def render_docs_table() -> str:
     """The operator guide's table of the keys."""
     lines = [
-        "| Variable | microsandbox.yaml key, environment variable | Default | What it does |",
+        "| Variable | microsandbox.yaml key, environment variable | Role default | What it does |",
         "|---|---|---|---|",
     ]
     for key in keys():
