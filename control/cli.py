@@ -19,8 +19,9 @@ from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .config import ENV_PREFIX, LANGUAGES, Config, ConfigError, load_config
-from .sandbox.base import JSON, CallContext, SandboxError
+from .config import ENV_PREFIX, Config, load_config
+from .errors import CallError, ConfigError, RegistryError
+from .vocabulary import JSON, LANGUAGES, CallContext
 
 T = TypeVar("T")
 
@@ -111,7 +112,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 def _cmd_check_scripts(args: argparse.Namespace) -> int:
     """Discover the actors of the configured script folders; exit 1 naming each problem."""
-    from .registry import ActorRegistry, RegistryError
+    from .registry import ActorRegistry
 
     try:
         config = load_config(args.config)
@@ -142,7 +143,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         _run_loop(Server(config).serve_until_signal())
-    except SandboxError as error:
+    except CallError as error:
         print(f"reflow-microsandbox: cannot start: {error.kind}: {error}", file=sys.stderr)
         return EXIT_FAILED
     except (OSError, ValueError) as error:  # a port in use, a malformed redis.url
@@ -215,7 +216,7 @@ def _run_state_path(environ: Mapping[str, str]) -> Path:
 
 async def _run_once(config: Config, script: Path, payload: dict[str, JSON]) -> int:
     from .pool import SandboxPool
-    from .registry import ActorRegistry, RegistryError
+    from .registry import ActorRegistry
     from .sandbox.factory import create_backend
     from .state import open_store
 
@@ -252,7 +253,7 @@ async def _run_once(config: Config, script: Path, payload: dict[str, JSON]) -> i
         except BaseException:
             await tx.abort()
             raise
-    except SandboxError as error:
+    except CallError as error:
         print(f"error ({error.kind}): {error.message}", file=sys.stderr)
         trace = error.details.get("traceback")
         if isinstance(trace, str) and trace:

@@ -18,14 +18,10 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .errors import ConfigError
+from .vocabulary import Language
+
 ENV_PREFIX = "MICROSANDBOX_"
-
-Language = Literal["python", "nodejs"]
-LANGUAGES: tuple[Language, ...] = ("python", "nodejs")
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the key and what is allowed."""
 
 
 class _Section(BaseModel):
