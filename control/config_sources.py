@@ -32,6 +32,7 @@ from typing import Any, Literal
 import yaml
 
 from .config_keys import NO_LOG, Key, Section, keys, walk
+from .errors import MicroSandboxError
 
 TAG = "config keys: generated from control/config.py by reflow-microsandbox config-sources --write"
 WIDTH = 88
@@ -39,7 +40,7 @@ WIDTH = 88
 Style = Literal["whole", "yaml", "jinja", "markdown"]
 
 
-class ConfigSourcesError(Exception):
+class ConfigSourcesError(MicroSandboxError):
     """A file to generate into is missing, or lacks its BEGIN/END markers."""
 
 
