@@ -1,4 +1,4 @@
-"""The ``reflow-microsandbox`` command: ``serve``, ``check-config`` and ``run``.
+"""The ``reflow-microsandbox`` command: ``serve``, ``check-config``, ``run`` and more.
 
 ``check-config FILE`` is what Ansible's ``validate:`` calls: exit 0 with a one-line
 summary, or non-zero with the config error (naming the key) on stderr. ``run`` is for
@@ -270,6 +270,32 @@ async def _run_once(config: Config, script: Path, payload: dict[str, JSON]) -> i
     return 0
 
 
+def _cmd_config_sources(args: argparse.Namespace) -> int:
+    # Imported here: only developers run this command, never a serving node.
+    from .config_sources import ConfigSourcesError, check, write
+
+    root = Path(args.root)
+    try:
+        if args.write:
+            for path in write(root):
+                print(f"config-sources: wrote {path}")
+            return 0
+        drifted = check(root)
+    except ConfigSourcesError as error:
+        print(f"config-sources: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    for diff in drifted.values():
+        sys.stdout.write(diff)
+    if drifted:
+        print(
+            f"config-sources: {', '.join(drifted)} differ from the config model: "
+            "run reflow-microsandbox config-sources --write",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reflow-microsandbox",
@@ -302,6 +328,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--config", help="microsandbox.yaml (default: built-in defaults)")
     run.set_defaults(func=_cmd_run)
+
+    sources = commands.add_parser(
+        "config-sources",
+        help="check (or --write) the files generated from the config model: the example "
+        "file, the role's defaults and argument specs, the template, the docs' table",
+    )
+    sources.add_argument("--write", action="store_true", help="regenerate what drifted")
+    sources.add_argument("--root", default=".", help="the repository (default: .)")
+    sources.set_defaults(func=_cmd_config_sources)
     return parser
 
 

@@ -39,6 +39,8 @@ here (``tests/unit/test_errors.py`` checks that this tree and the code agree):
     * :exc:`DeployError` (``functions.model``): a deploy that cannot be served
     * :exc:`DependencyError` (``functions.dependencies``; also a ``ValueError``)
     * :exc:`InstallError` (``functions.installer``)
+    * :exc:`ConfigSourcesError` (``config_sources``): a file generated from the config
+      model is missing or lacks its markers
 
 How they reach a client: a :exc:`CallError` becomes the JSON-RPC server error of its
 kind (``jsonrpc.SANDBOX_ERROR_CODES``, ``error.data.kind``); the methods turn the others
