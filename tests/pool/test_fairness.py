@@ -14,7 +14,7 @@ import pytest
 
 from reflow_microsandbox.errors import CallError, PoolError
 from reflow_microsandbox.pool import SandboxPool
-from reflow_microsandbox.sandbox.bubblewrap import BubblewrapBackend
+from reflow_microsandbox.sandbox.bubblewrap.backend import BubblewrapBackend
 
 from .conftest import python_actor, settings
 from .test_pool import run
