@@ -117,6 +117,19 @@ def non_finite_path(value: Any, root: str = "") -> str | None:
     return None
 
 
+def int_or_infinity(literal: str) -> int | float:
+    """A JSON integer literal (``json``'s ``parse_int`` hook) as an ``int``, or as an
+    infinite float when it is beyond a double's range, so :func:`non_finite_path` names
+    it like ``1e400``. Such an integer is valid JSON, but serde_json (Reflow's client)
+    reads any integer beyond u64 as a double and fails the whole frame on one that
+    overflows ("number out of range"); and Python's ``int()`` refuses more than 4,300
+    digits (``sys.get_int_max_str_digits``) with advice meant for a programmer."""
+    if len(literal) < 309:  # at most 308 digits: below 1e308, within range
+        return int(literal)
+    number = float(literal)
+    return number if number in (float("inf"), float("-inf")) else int(literal)
+
+
 def huge_number_message(path: str) -> str:
     """The error text for a number that overflows a 64-bit float."""
     return (

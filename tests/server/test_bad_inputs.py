@@ -96,6 +96,23 @@ ERROR_CASES = {
         "n",
         "payload.data.1",
     ),
+    # An integer literal beyond a double (Reflow's serde_json cannot read one back), and
+    # one over Python's 4,300-digit int limit (its parse error used to advise the client
+    # to call sys.set_int_max_str_digits): both the client's fault, named by field.
+    "an integer literal beyond a double": ErrorCase(
+        '{"jsonrpc":"2.0","id":8,"method":"process",'
+        '"params":{"actor_id":"echo","payload":{"value":1' + "0" * 400 + "}}}",
+        -32602,
+        8,
+        "payload.value: the number is outside the range of a 64-bit float",
+    ),
+    "an integer literal over 4,300 digits": ErrorCase(
+        '{"jsonrpc":"2.0","id":9,"method":"process",'
+        '"params":{"actor_id":"echo","payload":{"data":[-' + "9" * 5000 + "]}}}",
+        -32602,
+        9,
+        "payload.data.0: the number is outside the range of a 64-bit float",
+    ),
     "unknown actor": ErrorCase(
         request("process", {"actor_id": "ghost"}, "u"), -32010, "u", "ghost"
     ),
