@@ -204,6 +204,45 @@ async def process(context):
     assert "NaN and Infinity" in raised.value.message
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        'return {"x": 10 ** 400}',
+        'return {"x": [1, -(10 ** 5000)]}',
+        'await context.send_output("x", {"n": 2 ** 1024})',
+        'await context.set_state("k", 10 ** 309)',
+    ],
+    ids=["returned", "over 4300 digits", "pushed", "stored"],
+)
+async def test_an_integer_beyond_a_double_is_a_clear_script_error(
+    backend: Backend, body: str
+) -> None:
+    """Reflow's serde_json reads an integer beyond u64 as a double, and one beyond a
+    double's range (about 1.8e308) fails the whole frame ("number out of range"): the
+    client would drop the reply and wait out its 30 s. Such a value is refused as
+    NaN is, naming where it is, before it leaves the sandbox."""
+    source = f"""
+@actor
+async def process(context):
+    {body}
+    return {{}}
+"""
+    sandbox = await loaded(backend, source)
+    try:
+        with pytest.raises(SandboxError) as raised:
+            await call(sandbox)
+        assert sandbox.alive
+        ok = await loaded(backend, '@actor\ndef process(context):\n    return {"x": 10 ** 300}\n')
+        try:
+            assert (await call(ok))["x"] == 10**300  # within a double's range: sent as is
+        finally:
+            await ok.close()
+    finally:
+        await sandbox.close()
+    assert raised.value.kind in ("script_error", "state_error")
+    assert "outside the range of a 64-bit float" in raised.value.message
+
+
 async def test_syntax_error_is_a_load_error(backend: Backend) -> None:
     sandbox = await backend.spawn("python")
     try:
