@@ -243,6 +243,28 @@ async def process(context):
     assert "outside the range of a 64-bit float" in raised.value.message
 
 
+@pytest.mark.parametrize(
+    ("thrown", "shown"),
+    [("'getter boom'", "getter boom"), ("null", "null"), ("{code: 7}", "[object Object]")],
+)
+async def test_a_js_value_that_throws_a_non_error_while_serialized_says_what_it_threw(
+    backend: Backend, thrown: str, shown: str
+) -> None:
+    """A getter (or ``toJSON``) that throws a string, null or a plain object while the
+    result is serialized: a script_error with what was thrown, as a throw from
+    ``process`` gets (not ``undefined``, nor the runner's own TypeError)."""
+    source = f"module.exports = {{process: async () => ({{get out() {{ throw {thrown}; }}}})}};\n"
+    sandbox = await loaded(backend, source, "nodejs")
+    try:
+        with pytest.raises(SandboxError) as raised:
+            await call(sandbox)
+        assert sandbox.alive
+    finally:
+        await sandbox.close()
+    assert raised.value.kind == "script_error"
+    assert raised.value.message.endswith(f"the returned value is not JSON-serializable: {shown}")
+
+
 async def test_syntax_error_is_a_load_error(backend: Backend) -> None:
     sandbox = await backend.spawn("python")
     try:
