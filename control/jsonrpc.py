@@ -23,6 +23,7 @@ import asyncio
 import functools
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -184,8 +185,11 @@ def notification(method: str, params: JSON) -> dict[str, JSON]:
 
 
 def _valid_id(value: object) -> bool:
-    # bool is an int in Python but not a valid id.
-    return value is None or (isinstance(value, str | int | float) and not isinstance(value, bool))
+    # bool is an int in Python but not a valid id; an infinite float (an id beyond a
+    # double's range, e.g. 1e400) is not one either: no JSON reply could echo it.
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return value is None or (isinstance(value, str | int) and not isinstance(value, bool))
 
 
 def _parse_one(item: object) -> Request | Response:

@@ -113,6 +113,15 @@ ERROR_CASES = {
         9,
         "payload.data.0: the number is outside the range of a 64-bit float",
     ),
+    # An id beyond a double decodes to infinity, which no JSON reply can echo: it used
+    # to cost the frame its answer over WebSocket (a batch lost all its answers) and
+    # gave HTTP clients aiohttp's plain-text 500.
+    "an id beyond a double": ErrorCase(
+        '{"jsonrpc":"2.0","id":1e400,"method":"list"}', -32600, None, "id must be"
+    ),
+    "an integer id beyond a double": ErrorCase(
+        '{"jsonrpc":"2.0","id":-1' + "0" * 400 + ',"method":"list"}', -32600, None, "id must be"
+    ),
     "unknown actor": ErrorCase(
         request("process", {"actor_id": "ghost"}, "u"), -32010, "u", "ghost"
     ),
@@ -281,3 +290,25 @@ async def test_http_body_over_the_size_cap_is_refused_with_413(server: Server) -
         async with session.post(http_url(server, "/api/v1/rpc"), data=big) as response:
             assert response.status == 413
     await still_serving(server)
+
+
+async def test_a_batch_with_an_id_beyond_a_double_answers_every_member(server: Server) -> None:
+    frame = (
+        '[{"jsonrpc":"2.0","id":-1e999,"method":"list"},'
+        '{"jsonrpc":"2.0","id":2,"method":"list","params":{}}]'
+    )
+    client = await RawClient.open(ws_url(server))
+    try:
+        await client.send(frame)
+        replies = await client.recv()
+    finally:
+        await client.close()
+    assert isinstance(replies, list) and len(replies) == 2
+    assert replies[0]["id"] is None and replies[0]["error"]["code"] == -32600
+    assert replies[1]["id"] == 2 and "actors" in replies[1]["result"]
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(http_url(server, "/api/v1/rpc"), data=frame) as response,
+    ):
+        assert response.status == 200
+        assert [r.get("id") for r in await response.json()] == [None, 2]
