@@ -14,7 +14,7 @@ CONTROL_PLANE = """
 import asyncio
 from reflow_microsandbox.config import SandboxConfig
 from reflow_microsandbox.vocabulary import ActorSource, CallContext
-from reflow_microsandbox.sandbox.bubblewrap import BubblewrapBackend
+from reflow_microsandbox.sandbox.bubblewrap.backend import BubblewrapBackend
 from tests.runtime.helpers import DictState, Events
 
 SPIN = "import os\\n@actor\\ndef process(context):\\n    os.fork()\\n    while True: pass\\n"
@@ -24,7 +24,7 @@ async def main():
     await backend.start()
     busy = await backend.spawn("python")
     await busy.load(ActorSource("spin", "tests", "python", SPIN))
-    from reflow_microsandbox.sandbox.limits import descendants
+    from reflow_microsandbox.sandbox.bubblewrap.procfs import descendants
     before = len(descendants(busy.pids[0]))
     call = asyncio.ensure_future(
         busy.call(CallContext("spin", "tests"), DictState(), Events(), timeout=29))
