@@ -312,3 +312,27 @@ async def test_a_batch_with_an_id_beyond_a_double_answers_every_member(server: S
     ):
         assert response.status == 200
         assert [r.get("id") for r in await response.json()] == [None, 2]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/rpc", "/api/v1/functions"])
+async def test_a_body_that_cannot_be_decompressed_gets_a_json_400(
+    server: Server, path: str
+) -> None:
+    """``Content-Encoding: deflate`` over bytes that are not deflate: aiohttp fails the
+    read, which used to reach the client as its plain-text 500."""
+    headers = {"Content-Encoding": "deflate", "Content-Type": "application/json"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(http_url(server, path), data=b"not deflate at all", headers=headers) as r,
+    ):
+        assert r.status == 400
+        assert r.content_type == "application/json"
+        body = await r.json()
+    if path == "/api/v1/rpc":
+        assert body["id"] is None and body["error"]["code"] == -32700
+        message = body["error"]["message"]
+    else:
+        assert body["success"] is False
+        message = body["error"]
+    assert "content-encoding: deflate" in message
+    await still_serving(server)
