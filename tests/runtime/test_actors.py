@@ -243,6 +243,33 @@ async def process(context):
     assert "outside the range of a 64-bit float" in raised.value.message
 
 
+@pytest.mark.parametrize("frame", ["result", "output"])
+async def test_a_forged_frame_with_an_integer_beyond_a_double_is_refused_by_the_control_plane(
+    backend: Backend, frame: str
+) -> None:
+    """The runner lives in the sandbox: a script can write its own frames on the
+    channel, skipping the runner's checks. The control plane refuses the value too."""
+    field = '"outputs":{"x":1' if frame == "result" else '"port":"p","data":[-1'
+    close = "}" if frame == "result" else "]"
+    source = f"""
+import gc, json
+@actor
+def process(context):
+    channel = [o for o in gc.get_objects() if type(o).__name__ == "Channel"][0]
+    head = '{{"type":"{frame}","call":' + json.dumps(context._call) + ',{field}'
+    channel.send_bytes((head + "0" * 400 + "{close}}}").encode())
+    return {{"x": 1}}
+"""
+    sandbox = await loaded(backend, source)
+    try:
+        with pytest.raises(SandboxError) as raised:
+            await call(sandbox)
+    finally:
+        await sandbox.close()
+    assert raised.value.kind == "script_error"
+    assert "outside the range of a 64-bit float" in raised.value.message
+
+
 @pytest.mark.parametrize(
     ("thrown", "shown"),
     [("'getter boom'", "getter boom"), ("null", "null"), ("{code: 7}", "[object Object]")],
