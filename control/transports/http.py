@@ -50,6 +50,14 @@ def _shutting_down(
     return refuse(parsed)
 
 
+def unreadable_body(error: web.RequestPayloadError) -> str:
+    """Why aiohttp could not read a request body (e.g. ``Can not decode content-encoding:
+    deflate`` for bytes that do not inflate), for a 400 answer: the client's fault."""
+    cause = error.__cause__
+    reason = getattr(cause, "message", None) if cause is not None else None
+    return f"the body could not be read: {reason or str(error).splitlines()[-1].strip()}"
+
+
 @web.middleware
 async def _json_errors(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -141,6 +149,12 @@ class HttpTransport:
             status = error.status
             reply = jsonrpc.error_response(
                 None, jsonrpc.INVALID_REQUEST, f"invalid request: {error.text or error.reason}"
+            )
+            self._dispatcher.rejected(reply)
+        except web.RequestPayloadError as error:
+            status = 400
+            reply = jsonrpc.error_response(
+                None, jsonrpc.PARSE_ERROR, f"parse error: {unreadable_body(error)}"
             )
             self._dispatcher.rejected(reply)
         else:
