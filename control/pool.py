@@ -26,6 +26,11 @@ take; past ``acquire_timeout`` of pacing they are refused (``rate_limited``). CP
 each of an actor's ``k`` sandboxes gets ``1/k`` of a sandbox's CPU weight
 (``Sandbox.set_cpu_share``: cgroup ``cpu.shares`` / ``cpu.weight``), so under
 contention an actor running many sandboxes weighs as much as one running one.
+Crash loops (``crash_loop_threshold``, :mod:`.crashloop`): after that many calls of an
+actor in a row killed their sandbox (``CRASH_KINDS``), its calls are refused at once
+(``pool_exhausted``, ``data.reason`` ``crash_loop``, ``data.retry_after`` seconds) for a
+wait that doubles with each further death up to ``crash_loop_backoff_max``, so the node
+stops paying a cold start per call for it; a call that returns ends it.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from .config import SandboxConfig
+from .crashloop import CrashLoop
 from .errors import CallError, PoolError, SandboxError
 from .pacing import Pacer
 from .sandbox.base import Backend, Sandbox
@@ -55,6 +61,12 @@ CPU until every one misses the backend's start timeout on a small or slow host; 
 call that finds no warm sandbox still starts its own at once."""
 
 SandboxState = Literal["warm", "busy", "idle"]
+
+CRASH_KINDS = frozenset({"memory", "crashed", "output_too_large"})
+"""Call errors that mean the actor's call killed its sandbox, which crash-loop backoff
+counts: out of memory, the runner died, output over ``max_output_bytes``. Not
+``timeout``: a slow dependency outside makes a healthy actor time out, and its calls
+already paid their time."""
 
 
 class PoolObserver(Protocol):
@@ -204,6 +216,13 @@ class SandboxPool:
             if pool.max_calls_per_second_per_actor > 0
             else None
         )
+        self._crash_loop = (
+            CrashLoop(
+                pool.crash_loop_threshold, pool.crash_loop_backoff, pool.crash_loop_backoff_max
+            )
+            if pool.crash_loop_threshold > 0
+            else None
+        )
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -281,6 +300,8 @@ class SandboxPool:
 
         ``timeout`` (seconds) shortens the call's limit below ``sandbox.call_timeout``.
         """
+        if self._crash_loop is not None:
+            self._refuse_if_crash_looping(actor, self._crash_loop)
         if self._pacer is not None:
             await self._pace(actor, self._pacer)
         member = await self._acquire(actor)
@@ -294,6 +315,7 @@ class SandboxPool:
                 member.discard_reason = error.kind
             elif not member.sandbox.alive:
                 member.discard_reason = _retire_label(member.sandbox)
+            self._count_death(actor, error, member)
             self._release(member)
             raise
         except BaseException:
@@ -301,6 +323,8 @@ class SandboxPool:
             member.discard_reason = "cancelled"
             self._release(member)
             raise
+        if self._crash_loop is not None and member.sandbox.alive:
+            self._crash_loop.healthy(actor.key)
         self._release(member)
         return outputs
 
@@ -363,6 +387,34 @@ class SandboxPool:
             )
         if delay > 0:
             await asyncio.sleep(delay)
+
+    def _refuse_if_crash_looping(self, actor: ActorSource, crash_loop: CrashLoop) -> None:
+        """Refuse the call at once while the actor backs off after its sandboxes died."""
+        wait, deaths = crash_loop.waiting(actor.key, time.monotonic())
+        if wait > 0:
+            raise PoolError(
+                "pool_exhausted",
+                f"actor {actor.key!r} is in a crash loop: its last {deaths} calls killed "
+                f"their sandbox (out of memory, crashed or output_too_large); no sandbox is "
+                f"started for it "
+                f"for another {wait:.1f} s (crash_loop_backoff): the call was refused at once",
+                details={"reason": "crash_loop", "retry_after": round(wait, 3)},
+            )
+
+    def _count_death(self, actor: ActorSource, error: CallError, member: _Bound) -> None:
+        """Feed the crash-loop state: a sandbox killed by its call (``memory``,
+        ``crashed``) counts; a call whose sandbox lives on forgets the deaths."""
+        if self._crash_loop is None:
+            return
+        if error.kind in CRASH_KINDS:
+            wait = self._crash_loop.died(actor.key, time.monotonic())
+            if wait > 0:
+                log.warning(
+                    "actor %s: its sandboxes keep dying (%s); its calls are refused for %.1f s",
+                    actor.key, error.kind, wait,
+                )  # fmt: skip
+        elif member.discard_reason is None and member.sandbox.alive:
+            self._crash_loop.healthy(actor.key)
 
     def _group_for(self, actor: ActorSource) -> _ActorGroup:
         group = self._groups.get(actor.key)
