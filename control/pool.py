@@ -300,10 +300,12 @@ class SandboxPool:
 
         ``timeout`` (seconds) shortens the call's limit below ``sandbox.call_timeout``.
         """
-        if self._crash_loop is not None:
-            self._refuse_if_crash_looping(actor, self._crash_loop)
         if self._pacer is not None:
             await self._pace(actor, self._pacer)
+        if self._crash_loop is not None:
+            # After pacing: refusals are paced too, so that a client retrying them at
+            # once does not turn into a flood of fast calls beyond the actor's rate.
+            self._refuse_if_crash_looping(actor, self._crash_loop)
         member = await self._acquire(actor)
         limit = self._settings.call_timeout
         if timeout is not None:

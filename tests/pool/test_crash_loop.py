@@ -108,3 +108,15 @@ async def test_real_out_of_memory_kills_put_the_actor_in_a_crash_loop(make_pool:
     assert refused.value.details["reason"] == "crash_loop"
     assert not [info for info in pool.snapshot() if info.actor_key == BOMB.key]
     assert await call(QUIET) == {"ok": True}
+
+
+async def test_refusals_of_a_paced_actor_are_paced_too(make: Make) -> None:
+    """A client that retries refused calls at once must not become a flood of fast calls
+    beyond the actor's max_calls_per_second_per_actor: pacing comes first."""
+    pool, _, _ = await make(crash_loop_threshold=1, crash_loop_backoff=600.0,
+                            crash_loop_backoff_max=600.0, max_per_actor=1,
+                            max_calls_per_second_per_actor=0.01, acquire_timeout=1.0)  # fmt: skip
+    assert await crash(pool, A) == "crashed"
+    with pytest.raises(PoolError) as refused:
+        await run(pool, A)
+    assert refused.value.details["reason"] == "rate_limited"
