@@ -6,8 +6,9 @@ costs the node a cold start per call: a new sandbox is
 spawned, loaded, and killed again. From ``threshold`` such deaths in a row on, the
 actor is *backing off*: for ``base * 2 ** (deaths - threshold)`` seconds (at most
 ``cap``) its calls are refused at once, so no sandbox is started for it meanwhile;
-the first call after the wait runs, and either dies (a longer wait) or returns, which
-forgets the actor's deaths. Other actors are untouched: the state is per key.
+after the wait one call runs (the *probe*; the others are still refused until it
+ends, as a circuit breaker's half-open state), and either dies (a longer wait) or
+returns, which forgets the actor's deaths. Other actors are untouched: the state is per key.
 
 The same scheme as Kubernetes' ``CrashLoopBackOff`` (10 s doubling to 5 min, reset
 after 10 min of running; https://kubernetes.io/docs/concepts/workloads/pods/pod-lifecycle/#restart-policy),
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 class _Deaths:
     count: int = 0
     until: float = 0.0  # monotonic seconds: calls are refused before it
+    probing: bool = False  # the one call let through after the wait is running
 
 
 @dataclass
@@ -46,6 +48,7 @@ class CrashLoop:
         """A sandbox of ``key`` died of its call; returns the wait now imposed (0: none yet)."""
         deaths = self._deaths.setdefault(key, _Deaths())
         deaths.count += 1
+        deaths.probing = False
         if deaths.count < self.threshold:
             return 0.0
         wait = min(self.cap, self.base * 2.0 ** min(deaths.count - self.threshold, 62))
@@ -55,6 +58,25 @@ class CrashLoop:
     def healthy(self, key: str) -> None:
         """A call of ``key`` returned from a sandbox that lives on: its deaths are forgotten."""
         self._deaths.pop(key, None)
+
+    def admit(self, key: str, now: float) -> tuple[bool, bool]:
+        """Whether a call of ``key`` may start at ``now``, and if so whether it is the
+        probe (then :meth:`ended` must follow it, whatever its outcome). Refused
+        while the wait lasts, and after it while the probe runs."""
+        deaths = self._deaths.get(key)
+        if deaths is None or deaths.count < self.threshold:
+            return True, False
+        if now < deaths.until or deaths.probing:
+            return False, False
+        deaths.probing = True
+        return True, True
+
+    def ended(self, key: str) -> None:
+        """The probe call of ``key`` ended (after :meth:`died` or :meth:`healthy`, or
+        without either: a timeout, a refusal): the next call may probe again."""
+        deaths = self._deaths.get(key)
+        if deaths is not None:
+            deaths.probing = False
 
     def waiting(self, key: str, now: float) -> tuple[float, int]:
         """Seconds ``key`` must still wait before a call may start (0: none), and its

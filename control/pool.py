@@ -302,10 +302,26 @@ class SandboxPool:
         """
         if self._pacer is not None:
             await self._pace(actor, self._pacer)
-        if self._crash_loop is not None:
-            # After pacing: refusals are paced too, so that a client retrying them at
-            # once does not turn into a flood of fast calls beyond the actor's rate.
-            self._refuse_if_crash_looping(actor, self._crash_loop)
+        crash_loop = self._crash_loop
+        if crash_loop is None:
+            return await self._run(actor, context, state, events, timeout)
+        # After pacing: refusals are paced too, so that a client retrying them at once
+        # does not turn into a flood of fast calls beyond the actor's rate.
+        if not self._refuse_if_crash_looping(actor, crash_loop):
+            return await self._run(actor, context, state, events, timeout)
+        try:  # the probe call after a crash-loop wait
+            return await self._run(actor, context, state, events, timeout)
+        finally:
+            crash_loop.ended(actor.key)
+
+    async def _run(
+        self,
+        actor: ActorSource,
+        context: CallContext,
+        state: StateHandler,
+        events: EventSink,
+        timeout: float | None,
+    ) -> dict[str, JSON]:
         member = await self._acquire(actor)
         limit = self._settings.call_timeout
         if timeout is not None:
@@ -390,18 +406,30 @@ class SandboxPool:
         if delay > 0:
             await asyncio.sleep(delay)
 
-    def _refuse_if_crash_looping(self, actor: ActorSource, crash_loop: CrashLoop) -> None:
-        """Refuse the call at once while the actor backs off after its sandboxes died."""
-        wait, deaths = crash_loop.waiting(actor.key, time.monotonic())
-        if wait > 0:
+    def _refuse_if_crash_looping(self, actor: ActorSource, crash_loop: CrashLoop) -> bool:
+        """Refuse the call at once while the actor backs off after its sandboxes died,
+        or while the one call let through after the wait runs; returns whether this
+        call is that one (the probe)."""
+        now = time.monotonic()
+        admitted, probe = crash_loop.admit(actor.key, now)
+        if admitted:
+            return probe
+        wait, deaths = crash_loop.waiting(actor.key, now)
+        if wait <= 0:
             raise PoolError(
                 "pool_exhausted",
                 f"actor {actor.key!r} is in a crash loop: its last {deaths} calls killed "
-                f"their sandbox (out of memory, crashed or output_too_large); no sandbox is "
-                f"started for it "
-                f"for another {wait:.1f} s (crash_loop_backoff): the call was refused at once",
-                details={"reason": "crash_loop", "retry_after": round(wait, 3)},
+                f"their sandbox (out of memory, crashed or output_too_large); one call "
+                "runs to see whether it still does, and others are refused at once until it ends",
+                details={"reason": "crash_loop", "retry_after": 0.0},
             )
+        raise PoolError(
+            "pool_exhausted",
+            f"actor {actor.key!r} is in a crash loop: its last {deaths} calls killed their "
+            f"sandbox (out of memory, crashed or output_too_large); no sandbox is started "
+            f"for it for another {wait:.1f} s (crash_loop_backoff): the call was refused at once",
+            details={"reason": "crash_loop", "retry_after": round(wait, 3)},
+        )
 
     def _count_death(self, actor: ActorSource, error: CallError, member: _Bound) -> None:
         """Feed the crash-loop state: a sandbox killed by its call (``memory``,

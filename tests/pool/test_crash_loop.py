@@ -120,3 +120,26 @@ async def test_refusals_of_a_paced_actor_are_paced_too(make: Make) -> None:
     with pytest.raises(PoolError) as refused:
         await run(pool, A)
     assert refused.value.details["reason"] == "rate_limited"
+
+
+async def test_after_the_wait_one_call_probes_and_the_others_are_refused_until_it_ends(
+    make: Make,
+) -> None:
+    pool, backend, _ = await make(crash_loop_threshold=1, crash_loop_backoff=0.05,
+                                  crash_loop_backoff_max=0.05)  # fmt: skip
+    assert await crash(pool, A) == "crashed"
+    probe: asyncio.Task[dict[str, Any]] | None = None
+    for _ in range(200):  # bounded: the wait is 0.05 s
+        probe = asyncio.create_task(run(pool, A, gate="probe"))
+        await asyncio.sleep(0.01)
+        if not probe.done():
+            break  # admitted: it waits on its gate
+        with pytest.raises(PoolError):
+            probe.result()
+    assert probe is not None and not probe.done(), "no call was let through after the wait"
+    with pytest.raises(PoolError) as refused:
+        await run(pool, A)
+    assert refused.value.details == {"reason": "crash_loop", "retry_after": 0.0}
+    backend.gate("probe").set()
+    assert (await probe)["sandbox"]
+    assert (await run(pool, A))["sandbox"]  # the probe returned: the deaths are forgotten

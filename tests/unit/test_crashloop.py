@@ -46,3 +46,18 @@ def test_a_very_long_crash_loop_stays_at_the_cap() -> None:
 def test_bad_settings_are_refused(threshold: int, base: float, cap: float) -> None:
     with pytest.raises(ValueError):
         CrashLoop(threshold, base, cap)
+
+
+def test_after_the_wait_one_call_probes_and_the_others_wait_for_it() -> None:
+    loop = CrashLoop(threshold=1, base=1.0, cap=30.0)
+    assert loop.admit("a", 0.0) == (True, False)  # no deaths: not a probe
+    loop.died("a", 0.0)
+    assert loop.admit("a", 0.5) == (False, False)  # waiting
+    assert loop.admit("a", 1.0) == (True, True)  # the probe
+    assert loop.admit("a", 1.0) == (False, False)  # refused while it runs
+    loop.ended("a")  # it ended without a verdict (e.g. a timeout): another may probe
+    assert loop.admit("a", 1.0) == (True, True)
+    assert loop.died("a", 1.0) == 2.0  # the probe died: a longer wait, no probe running
+    assert loop.admit("a", 3.0) == (True, True)
+    loop.healthy("a")
+    assert loop.admit("a", 3.0) == (True, False)
