@@ -16,7 +16,8 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
 from .config import Language
-from .jsonrpc import Dispatcher, RpcError
+from .dispatch import Dispatcher
+from .jsonrpc import RpcError
 from .metrics import Metrics
 from .pool import SandboxPool
 from .registry import LANGUAGE_NAMES, ActorInfo, ActorRegistry, RegistryError, language_named
