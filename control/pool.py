@@ -157,30 +157,6 @@ class _LanguagePool:
         self.failed_warm_ups = 0  # in a row; the retry waits 1, 2, 4 ... 30 s
 
 
-async def _done_or_timeout(
-    loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], timeout: float
-) -> None:
-    """Return once ``future`` is done or after ``timeout`` seconds, never cancelling it.
-
-    ``asyncio.wait({future}, timeout=...)`` without its sets and checks: every call queued
-    for a busy actor waits here, so it is on the hot path under load. Cancellation of the
-    caller propagates, as with ``asyncio.wait``.
-    """
-    wake: asyncio.Future[None] = loop.create_future()
-
-    def done(_: object) -> None:
-        if not wake.done():
-            wake.set_result(None)
-
-    future.add_done_callback(done)
-    timer = loop.call_later(timeout, done, None)
-    try:
-        await wake
-    finally:
-        timer.cancel()
-        future.remove_done_callback(done)
-
-
 class SandboxPool:
     """Hands out sandboxes bound to actors; see the module docstring."""
 
@@ -198,6 +174,10 @@ class SandboxPool:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self._reaper: asyncio.Task[None] | None = None
+        # Calls waiting for a sandbox, oldest first, with their acquire deadline (loop
+        # time): one timer for all of them (:meth:`_expire_waiters`), not one per call.
+        self._queued: dict[asyncio.Future[_Bound], tuple[float, ActorSource]] = {}
+        self._expiry: asyncio.TimerHandle | None = None
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -234,6 +214,9 @@ class SandboxPool:
     async def close(self) -> None:
         """Kill every sandbox (warm, idle and busy) and fail the waiting calls."""
         self._closing = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         tasks = list(self._tasks)
         if self._reaper is not None:
             tasks.append(self._reaper)
@@ -321,9 +304,7 @@ class SandboxPool:
         infos: list[SandboxInfo] = []
         for pool in self._languages.values():
             infos.extend(
-                SandboxInfo(
-                    sandbox.sandbox_id, pool.language, "warm", None, sandbox.memory_usage()
-                )
+                SandboxInfo(sandbox.sandbox_id, pool.language, "warm", None, sandbox.memory_usage())
                 for sandbox in pool.warm
             )
         for key, group in self._groups.items():
@@ -392,23 +373,50 @@ class SandboxPool:
         group.waiters.append(waiter)
         self._languages[actor.language].waiting[group] = None
         self._schedule_growth(actor.language)
+        deadline = loop.time() + settings.acquire_timeout
+        self._queued[waiter] = (deadline, actor)
+        if self._expiry is None:
+            self._expiry = loop.call_at(deadline, self._expire_waiters)
         try:
-            if not waiter.done():
-                await _done_or_timeout(loop, waiter, settings.acquire_timeout)
-            if not waiter.done():
-                raise SandboxError(
-                    "pool_exhausted",
-                    f"no {actor.language} sandbox for actor {actor.key!r} within "
-                    f"{settings.acquire_timeout:g} s (max_instances "
-                    f"{self._max(actor.language)}, max_per_actor {settings.max_per_actor})",
-                    details={"reason": "timeout"},
-                )
-            member = waiter.result()
+            # A timeout arrives as the waiter's exception (pool_exhausted).
+            member = await waiter
         except BaseException:
             self._abandon(group, waiter)
             raise
+        finally:
+            self._queued.pop(waiter, None)
         self._observer.acquire_waited(actor.language, time.monotonic() - started)
         return member
+
+    def _expire_waiters(self) -> None:
+        """The waiting calls' one timer fired: fail each call that has waited
+        ``acquire_timeout`` (``pool_exhausted``), then re-arm for the oldest one left.
+
+        Every call waits the same ``acquire_timeout``, so the oldest waiter has the
+        earliest deadline and the queue is swept from its front.
+        """
+        self._expiry = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        queued = self._queued
+        settings = self._settings.pool
+        while queued:
+            waiter, (deadline, actor) = next(iter(queued.items()))
+            if deadline > now:
+                self._expiry = loop.call_at(deadline, self._expire_waiters)
+                return
+            del queued[waiter]
+            if not waiter.done():
+                waiter.set_exception(
+                    SandboxError(
+                        "pool_exhausted",
+                        f"no {actor.language} sandbox for actor {actor.key!r} within "
+                        f"{settings.acquire_timeout:g} s (max_instances "
+                        f"{self._max(actor.language)}, max_per_actor "
+                        f"{settings.max_per_actor})",
+                        details={"reason": "timeout"},
+                    )
+                )
 
     def _abandon(self, group: _ActorGroup, waiter: asyncio.Future[_Bound]) -> None:
         """A waiter gave up: take it out of the queue, and pass on a sandbox it was given."""
