@@ -178,6 +178,7 @@ class SandboxPool:
         # time): one timer for all of them (:meth:`_expire_waiters`), not one per call.
         self._queued: dict[asyncio.Future[_Bound], tuple[float, ActorSource]] = {}
         self._expiry: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -368,7 +369,9 @@ class SandboxPool:
                 details={"reason": "queue_full", "queued": len(group.waiters)},
             )
         started = time.monotonic()
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:  # looked up once: get_running_loop() costs a getpid(2)
+            loop = self._loop = asyncio.get_running_loop()
         waiter: asyncio.Future[_Bound] = loop.create_future()
         group.waiters.append(waiter)
         self._languages[actor.language].waiting[group] = None

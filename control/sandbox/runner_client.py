@@ -202,7 +202,7 @@ class RunnerClient(asyncio.Protocol):
         loop = self._loop
         if loop is None:  # looked up once: get_running_loop() costs a getpid(2)
             loop = self._loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
+        task = asyncio.current_task(loop)
         assert task is not None
         self._call_task = task
         self._arm_deadline(loop, loop.time() + timeout)

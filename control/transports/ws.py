@@ -238,7 +238,7 @@ class WsTransport:
             # pool's queue in the order they were sent (nothing awaits before that).
             await limit.acquire()
             peer.calls += 1
-            task = asyncio.create_task(self._run(peer, frame))
+            task = loop.create_task(self._run(peer, frame))  # no get_running_loop()
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
