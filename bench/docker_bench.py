@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 from null_handlers import NullHandlers  # bench/ is sys.path[0] when run
 
-from reflow_microsandbox.config import Language, SandboxConfig
-from reflow_microsandbox.sandbox.base import ActorSource, CallContext
+from reflow_microsandbox.config import SandboxConfig
 from reflow_microsandbox.sandbox.docker_backend import DockerBackend
+from reflow_microsandbox.vocabulary import ActorSource, CallContext, Language
 
 ACTORS: dict[Language, str] = {
     "python": "def process(context):\n    return {'echo': context.get_input('n')}\n",

@@ -23,11 +23,12 @@ from typing import Any
 
 from null_handlers import NullHandlers  # bench/ is sys.path[0] when run
 
-from reflow_microsandbox.config import Language, SandboxConfig
+from reflow_microsandbox.config import SandboxConfig
 from reflow_microsandbox.pool import SandboxPool
-from reflow_microsandbox.sandbox.base import ActorSource, Backend, CallContext, Sandbox
+from reflow_microsandbox.sandbox.base import Backend, Sandbox
 from reflow_microsandbox.sandbox.bubblewrap import BubblewrapBackend
 from reflow_microsandbox.sandbox.limits import descendants, smaps_rollup
+from reflow_microsandbox.vocabulary import ActorSource, CallContext, Language
 
 TRIVIAL = {
     "python": "def process(context):\n    return {'ok': 1}\n",

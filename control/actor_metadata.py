@@ -21,14 +21,14 @@ import ast
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
 
 import json5
 
-JSON = Any
+from .errors import MicroSandboxError
+from .vocabulary import JSON, strict_json
 
 
-class MetadataError(ValueError):
+class MetadataError(MicroSandboxError, ValueError):
     """The script is not a loadable actor; the message says why and where."""
 
 
@@ -126,7 +126,7 @@ def _literal(node: ast.expr) -> JSON:
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         return _NOT_LITERAL
     try:
-        json.dumps(value, allow_nan=False)
+        strict_json(value)
     except (TypeError, ValueError):
         return _NOT_LITERAL
     return value
@@ -175,7 +175,7 @@ def _object_literal(text: str, filename: str) -> JSON:
             f"unquoted keys, single quotes and trailing commas as in JavaScript): {error}"
         ) from None
     try:
-        json.dumps(value, allow_nan=False)
+        strict_json(value)
     except ValueError:
         raise MetadataError(
             f"{filename}: `const metadata` holds NaN or Infinity, which JSON cannot carry"

@@ -1,4 +1,4 @@
-"""The ``reflow-microsandbox`` command: ``serve``, ``check-config`` and ``run``.
+"""The ``reflow-microsandbox`` command: ``serve``, ``check-config``, ``run`` and more.
 
 ``check-config FILE`` is what Ansible's ``validate:`` calls: exit 0 with a one-line
 summary, or non-zero with the config error (naming the key) on stderr. ``run`` is for
@@ -19,8 +19,9 @@ from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .config import ENV_PREFIX, LANGUAGES, Config, ConfigError, load_config
-from .sandbox.base import JSON, CallContext, SandboxError
+from .config import ENV_PREFIX, Config, load_config
+from .errors import CallError, ConfigError, RegistryError
+from .vocabulary import JSON, LANGUAGES, CallContext
 
 T = TypeVar("T")
 
@@ -111,7 +112,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 def _cmd_check_scripts(args: argparse.Namespace) -> int:
     """Discover the actors of the configured script folders; exit 1 naming each problem."""
-    from .registry import ActorRegistry, RegistryError
+    from .registry import ActorRegistry
 
     try:
         config = load_config(args.config)
@@ -142,7 +143,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         _run_loop(Server(config).serve_until_signal())
-    except SandboxError as error:
+    except CallError as error:
         print(f"reflow-microsandbox: cannot start: {error.kind}: {error}", file=sys.stderr)
         return EXIT_FAILED
     except (OSError, ValueError) as error:  # a port in use, a malformed redis.url
@@ -215,7 +216,7 @@ def _run_state_path(environ: Mapping[str, str]) -> Path:
 
 async def _run_once(config: Config, script: Path, payload: dict[str, JSON]) -> int:
     from .pool import SandboxPool
-    from .registry import ActorRegistry, RegistryError
+    from .registry import ActorRegistry
     from .sandbox.factory import create_backend
     from .state import open_store
 
@@ -252,7 +253,7 @@ async def _run_once(config: Config, script: Path, payload: dict[str, JSON]) -> i
         except BaseException:
             await tx.abort()
             raise
-    except SandboxError as error:
+    except CallError as error:
         print(f"error ({error.kind}): {error.message}", file=sys.stderr)
         trace = error.details.get("traceback")
         if isinstance(trace, str) and trace:
@@ -266,6 +267,32 @@ async def _run_once(config: Config, script: Path, payload: dict[str, JSON]) -> i
         await store.close()
     print(json.dumps(outputs, indent=2, ensure_ascii=False))
     print(f"done in {time.perf_counter() - started:.2f} s", file=sys.stderr)
+    return 0
+
+
+def _cmd_config_sources(args: argparse.Namespace) -> int:
+    # Imported here: only developers run this command, never a serving node.
+    from .config_sources import ConfigSourcesError, check, write
+
+    root = Path(args.root)
+    try:
+        if args.write:
+            for path in write(root):
+                print(f"config-sources: wrote {path}")
+            return 0
+        drifted = check(root)
+    except ConfigSourcesError as error:
+        print(f"config-sources: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    for diff in drifted.values():
+        sys.stdout.write(diff)
+    if drifted:
+        print(
+            f"config-sources: {', '.join(drifted)} differ from the config model: "
+            "run reflow-microsandbox config-sources --write",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     return 0
 
 
@@ -301,6 +328,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--config", help="microsandbox.yaml (default: built-in defaults)")
     run.set_defaults(func=_cmd_run)
+
+    sources = commands.add_parser(
+        "config-sources",
+        help="check (or --write) the files generated from the config model: the example "
+        "file, the role's defaults and argument specs, the template, the docs' table",
+    )
+    sources.add_argument("--write", action="store_true", help="regenerate what drifted")
+    sources.add_argument("--root", default=".", help="the repository (default: .)")
+    sources.set_defaults(func=_cmd_config_sources)
     return parser
 
 

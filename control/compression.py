@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import zstandard
 
+from .errors import ProtocolError
+
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 """The first four bytes of every zstd frame (no JSON text starts with 0x28 0xB5)."""
 
@@ -24,7 +26,7 @@ _MAX_WINDOW = 1 << 27
 _MIN_WINDOW_LIMIT = 1 << 23
 
 
-class CompressionError(ValueError):
+class CompressionError(ProtocolError, ValueError):
     """The input is not a valid, complete zstd stream."""
 
 

@@ -18,38 +18,73 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .errors import ConfigError
+from .vocabulary import Language
+
 ENV_PREFIX = "MICROSANDBOX_"
-
-Language = Literal["python", "nodejs"]
-LANGUAGES: tuple[Language, ...] = ("python", "nodejs")
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the key and what is allowed."""
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# Each field's description is its documentation: the commented example file, the
+# role's defaults and argument specs and the operator guide's table are generated from
+# it (config_sources.py; ``reflow-microsandbox config-sources --write``).
+
+
 class ServerConfig(_Section):
-    host: str = "127.0.0.1"
-    http_port: int = Field(5555, ge=1, le=65535)
-    ws_port: int = Field(5556, ge=1, le=65535)
-    metrics_port: int = Field(9090, ge=0, le=65535, description="0 turns the endpoint off")
-    max_message_size: int = Field(16 * 1024 * 1024, ge=1024)
-    drain_timeout: float = Field(20.0, ge=0)
-    # Serving a non-loopback address without auth tokens needs this set on purpose.
-    allow_unauthenticated: bool = False
+    host: str = Field(
+        "127.0.0.1",
+        description="Address the WebSocket, HTTP and metrics endpoints bind to. A non-loopback "
+        "address needs auth.tokens, or server.allow_unauthenticated: true.",
+    )
+    http_port: int = Field(
+        5555, ge=1, le=65535, description="HTTP port: GET /health, GET /ready, POST /api/v1/rpc."
+    )
+    ws_port: int = Field(
+        5556, ge=1, le=65535, description="WebSocket JSON-RPC port, the one Reflow connects to."
+    )
+    metrics_port: int = Field(
+        9090, ge=0, le=65535, description="Prometheus /metrics port; 0 turns the endpoint off."
+    )
+    max_message_size: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        description="Largest inbound message in bytes, after permessage-deflate or zstd "
+        "decompression (a bigger WebSocket message closes the connection with 1009; HTTP "
+        "answers 413).",
+    )
+    drain_timeout: float = Field(
+        20.0,
+        ge=0,
+        description="Seconds running calls get to finish on SIGTERM before their sandboxes are "
+        "killed.",
+    )
+    allow_unauthenticated: bool = Field(
+        False,
+        description="Serve a non-loopback host without auth tokens, set on purpose. Only behind "
+        "something that authenticates.",
+    )
 
 
 class AuthConfig(_Section):
-    tokens: list[str] = Field(default_factory=list)
+    tokens: list[str] = Field(
+        default_factory=list,
+        description="Bearer tokens; empty: no auth. A WebSocket client presents one as "
+        '?token=... (Reflow cannot set headers) or "Authorization: Bearer ...", HTTP clients by '
+        "the header; /health and /ready stay open for load balancers.",
+        examples=[["change-me-to-a-long-random-string"]],
+    )
 
 
 class PoolLanguageConfig(_Section):
-    min_instances: int = Field(2, ge=0, le=1000)
-    max_instances: int = Field(20, ge=1, le=10000)
+    min_instances: int = Field(
+        2, ge=0, le=1000, description="Sandboxes kept warm (started, nothing loaded)."
+    )
+    max_instances: int = Field(
+        20, ge=1, le=10000, description="Most sandboxes of the language that may run at once."
+    )
 
     @model_validator(mode="after")
     def _min_le_max(self) -> PoolLanguageConfig:
@@ -59,119 +94,290 @@ class PoolLanguageConfig(_Section):
 
 
 class PoolConfig(_Section):
-    python: PoolLanguageConfig = Field(default_factory=PoolLanguageConfig)
-    nodejs: PoolLanguageConfig = Field(
-        default_factory=lambda: PoolLanguageConfig(min_instances=1, max_instances=20)
+    python: PoolLanguageConfig = Field(
+        default_factory=PoolLanguageConfig, description="The pool of Python sandboxes."
     )
-    acquire_timeout: float = Field(5.0, gt=0, le=60)
-    max_per_actor: int = Field(4, ge=1, le=1000)
-    # Calls of one actor that may wait for a sandbox beyond the max_per_actor that can
-    # run at once; more are refused at once with pool_exhausted instead of waiting.
-    max_queued_per_actor: int = Field(256, ge=0, le=100000)
-    # seconds before an idle bound sandbox is recycled
-    idle_timeout: float = Field(300.0, gt=0)
-    max_calls: int = Field(10000, ge=1, description="calls after which a sandbox is recycled")
+    nodejs: PoolLanguageConfig = Field(
+        default_factory=lambda: PoolLanguageConfig(min_instances=1, max_instances=20),
+        description="The pool of Node.js sandboxes.",
+    )
+    acquire_timeout: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="Seconds a call waits for a sandbox before failing with pool_exhausted.",
+    )
+    max_per_actor: int = Field(
+        4,
+        ge=1,
+        le=1000,
+        description="Sandboxes one actor may hold at once (its calls run in parallel up to this).",
+    )
+    max_queued_per_actor: int = Field(
+        256,
+        ge=0,
+        le=100000,
+        description="Calls of one actor that may wait for a sandbox beyond the max_per_actor "
+        'that run at once; more fail at once with pool_exhausted (data.reason "queue_full") '
+        "instead of waiting.",
+    )
+    idle_timeout: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds an actor's unused sandbox is kept before it is recycled.",
+    )
+    max_calls: int = Field(
+        10000, ge=1, description="Calls after which a sandbox is replaced by a fresh one."
+    )
 
     def for_language(self, language: Language) -> PoolLanguageConfig:
         return self.python if language == "python" else self.nodejs
 
 
 class DockerConfig(_Section):
-    python_image: str = "reflow-microsandbox/python-runner:latest"
-    node_image: str = "reflow-microsandbox/node-runner:latest"
-    docker_host: str | None = None
+    python_image: str = Field(
+        "reflow-microsandbox/python-runner:latest",
+        description="Runner image of Python actors on the docker backend (built by "
+        "scripts/build-images.sh).",
+    )
+    node_image: str = Field(
+        "reflow-microsandbox/node-runner:latest",
+        description="Runner image of Node.js actors on the docker backend.",
+    )
+    docker_host: str | None = Field(
+        None, description="Docker engine address; null uses DOCKER_HOST or the local socket."
+    )
 
 
 class SandboxConfig(_Section):
-    backend: Literal["bubblewrap", "docker"] = "bubblewrap"
-    memory_mb: int = Field(256, ge=16, le=65536)
-    cpu_limit: float = Field(0.5, gt=0, le=64)
-    max_processes: int = Field(32, ge=1, le=4096)
-    max_open_files: int = Field(256, ge=16, le=65536)
-    max_file_size_mb: int = Field(16, ge=1, le=65536)
-    tmp_size_mb: int = Field(32, ge=1, le=65536)
-    call_timeout: float = Field(25.0, gt=0, lt=30, description="below Reflow's 30 s client timeout")
-    max_output_bytes: int = Field(8 * 1024 * 1024, ge=1024)
-    package_dirs: list[str] = Field(default_factory=list, description="read-only extra dirs")
-    # The interpreters bubblewrap sandboxes run (absolute paths; the sandbox sees what each
-    # one needs, asked of the interpreter itself at start).
-    python_binary: str = Field("/usr/bin/python3", pattern=r"^/")
-    node_binary: str = Field("/usr/bin/node", pattern=r"^/")
-    # Without cgroups (no writable hierarchy, or cgroup v2 without Delegate=yes) sandboxes
-    # get no CPU limit and Node no memory limit: the bubblewrap backend refuses to start
-    # unless this is set on purpose (sandbox/enforced.py lists what rlimits still give).
-    allow_rlimits_only: bool = False
-    pool: PoolConfig = Field(default_factory=PoolConfig)
-    docker: DockerConfig = Field(default_factory=DockerConfig)
+    backend: Literal["bubblewrap", "docker"] = Field(
+        "bubblewrap",
+        description="bubblewrap (Linux namespaces, no daemon) or docker (one container per "
+        "sandbox).",
+    )
+    memory_mb: int = Field(256, ge=16, le=65536, description="Memory limit per sandbox, MiB.")
+    cpu_limit: float = Field(0.5, gt=0, le=64, description="CPU cores per sandbox.")
+    max_processes: int = Field(32, ge=1, le=4096, description="Processes per sandbox.")
+    max_open_files: int = Field(256, ge=16, le=65536, description="Open files per sandbox.")
+    max_file_size_mb: int = Field(
+        16, ge=1, le=65536, description="Largest file a sandbox may write, MiB."
+    )
+    tmp_size_mb: int = Field(
+        32, ge=1, le=65536, description="Size of the sandbox's private /tmp, MiB."
+    )
+    call_timeout: float = Field(
+        25.0,
+        gt=0,
+        lt=30,
+        description="Wall-clock limit of one call, in seconds; below Reflow's 30 s client timeout.",
+    )
+    max_output_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1024,
+        description="Cap on what one call may output (returned outputs, pushes and logs "
+        "together), bytes.",
+    )
+    package_dirs: list[str] = Field(
+        default_factory=list,
+        description="Extra host folders mounted read-only into every sandbox (site-packages, "
+        "node_modules). Each must exist: the server refuses to start when one is missing.",
+    )
+    python_binary: str = Field(
+        "/usr/bin/python3",
+        pattern=r"^/",
+        description="The Python interpreter of bubblewrap sandboxes (an absolute path). Each "
+        "sandbox sees only what its interpreter needs, asked of the interpreter at start "
+        "(its stdlib folders, the libraries it links), and one sandbox of each language is "
+        "started then: a piece the view lacks stops the server with the interpreter's own "
+        "error. A missing interpreter is an error when its pool keeps warm sandboxes "
+        "(min_instances above 0), else a warning.",
+    )
+    node_binary: str = Field(
+        "/usr/bin/node",
+        pattern=r"^/",
+        description="The Node.js interpreter of bubblewrap sandboxes (an absolute path; its "
+        "view is built as python_binary's, with the folders Debian's Node loads its builtins "
+        "from).",
+    )
+    allow_rlimits_only: bool = Field(
+        False,
+        description="Start on rlimits alone where the host gives no cgroup limits. The "
+        "bubblewrap backend enforces memory, CPU and process limits with cgroups (v2 under a "
+        "systemd unit with Delegate=yes, or v1); without them sandboxes get no CPU limit and "
+        "Node no memory limit (Python's is then an address-space limit), so the server "
+        "refuses to start unless this is true. /metrics shows what is in force: "
+        "microsandbox_sandbox_limits_enforced{language,limit,mechanism} (0 = not enforced).",
+    )
+    pool: PoolConfig = Field(
+        default_factory=PoolConfig,
+        description="Warm sandboxes per language and how calls share them.",
+    )
+    docker: DockerConfig = Field(default_factory=DockerConfig, description="The docker backend.")
 
 
 class CompressionConfig(_Section):
-    algorithm: Literal["zstd", "none"] = "zstd"
-    threshold: int = Field(1024, ge=0, description="bytes; 0 turns compression off")
-    level: int = Field(3, ge=1, le=22)
+    algorithm: Literal["zstd", "none"] = Field(
+        "zstd",
+        description="zstd or none. Applies to WebSocket replies to clients that opted in "
+        "(they sent a binary zstd frame or connected with ?compression=zstd) and to state "
+        "values.",
+    )
+    threshold: int = Field(
+        1024,
+        ge=0,
+        description="Messages whose JSON exceeds this many bytes are compressed; 0 turns it off.",
+    )
+    level: int = Field(3, ge=1, le=22, description="zstd level, 1 (fast) to 22 (small).")
 
 
 class RedisConfig(_Section):
-    url: str | None = None
-    max_connections: int = Field(64, ge=1)
-    socket_timeout: float = Field(2.0, gt=0)
+    url: str | None = Field(
+        None,
+        description="The state store's redis:// URL. null: state lives in the SQLite file of "
+        "state.sqlite_path (one node only). The redis_url clients send in their params is "
+        "always ignored.",
+        examples=["redis://:password@127.0.0.1:6379/0"],
+    )
+    max_connections: int = Field(64, ge=1, description="Redis connections per node.")
+    socket_timeout: float = Field(
+        2.0, gt=0, description="Seconds before a Redis command counts as failed."
+    )
 
 
 class StateConfig(_Section):
-    sqlite_path: str = "./microsandbox-state.db"
-    compression_threshold: int = Field(1024, ge=0, description="bytes; 0 = never compress")
-    # How long a call waits for its actor's state lock (held by another call of the
-    # same actor) before failing with state_error; keep it below sandbox.call_timeout.
-    lock_timeout: float = Field(20.0, gt=0, le=600)
-    # Lease of the Redis lock, refreshed every third of it while held; a crashed
-    # holder's lock frees itself after this long.
-    lock_ttl: float = Field(10.0, ge=1, le=600)
+    sqlite_path: str = Field(
+        "./microsandbox-state.db", description="The embedded store, used when redis.url is null."
+    )
+    compression_threshold: int = Field(
+        1024,
+        ge=0,
+        description="State values above this many bytes are stored zstd-compressed; 0 = never.",
+    )
+    lock_timeout: float = Field(
+        20.0,
+        gt=0,
+        le=600,
+        description="Seconds a call waits for its actor's state lock (held by another call of "
+        "the same actor) before failing with state_error; keep it below sandbox.call_timeout.",
+    )
+    lock_ttl: float = Field(
+        10.0,
+        ge=1,
+        le=600,
+        description="Lease of the Redis state lock, in seconds, refreshed every third of it "
+        "while held: a crashed holder's lock frees itself after this long.",
+    )
 
 
 class ScriptsConfig(_Section):
-    folders: list[str] = Field(default_factory=lambda: ["./examples"])
-    allow_inline: bool = False
+    folders: list[str] = Field(
+        default_factory=lambda: ["./examples"],
+        description="Folders scanned for actor scripts at start. The namespace of a script is "
+        'its sub-folder path, dotted (a/b/x.py -> "a.b"); scripts at the root are "default".',
+    )
+    allow_inline: bool = Field(
+        False,
+        description='Let clients send script source with load ({"source", "language", "name"}).',
+    )
 
 
 class FunctionsConfig(_Section):
     """Reflow's deploy-then-call API: ``/api/v1/functions`` and ``<ws base>/<function_id>``."""
 
-    # Deployed functions held at once, cluster-wide (deploys beyond it are refused).
-    max_functions: int = Field(1000, ge=1, le=1_000_000)
-    # Largest accepted script, in bytes of UTF-8.
-    max_code_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
-    # Seconds a function may go without a deploy or a call before it is removed.
-    idle_timeout: float = Field(86400.0, gt=0)
-    # Seconds a deploy waits for its dependencies before it answers with state "deploying".
-    install_wait: float = Field(20.0, ge=0, le=3600)
-    # Seconds one pip or npm run may take before it is killed and the install fails.
-    install_timeout: float = Field(300.0, gt=0, le=3600)
-    # false refuses every deploy that names dependencies (the node then reaches no registry).
-    allow_dependencies: bool = True
-    max_dependencies: int = Field(32, ge=0, le=1000)
-    # Node-local cache of installed dependency sets; sandboxes must be able to read it.
-    dependency_cache: str = "./microsandbox-functions"
-    # pip's --index-url for Python dependencies (null: pip's own configuration, else PyPI).
-    pip_index_url: str | None = None
-    # npm's --registry for Node dependencies (null: npm's own configuration, else npmjs.org).
-    npm_registry: str | None = None
+    max_functions: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="Deployed functions held at once across the cluster; deploys beyond it "
+        "are refused.",
+    )
+    max_code_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="Largest accepted script, in bytes of UTF-8.",
+    )
+    idle_timeout: float = Field(
+        86400.0,
+        gt=0,
+        description="Seconds a function may go without a deploy or a call before it is removed "
+        "(Reflow may die without undeploying).",
+    )
+    install_wait: float = Field(
+        20.0,
+        ge=0,
+        le=3600,
+        description="Seconds a deploy waits for its dependencies to install before it answers, "
+        'then reports state "deploying" until they are ready.',
+    )
+    install_timeout: float = Field(
+        300.0,
+        gt=0,
+        le=3600,
+        description="Seconds one pip or npm run may take before it is killed and the install "
+        "fails.",
+    )
+    allow_dependencies: bool = Field(
+        True,
+        description="false refuses deploys that name dependencies: the node then reaches no "
+        "registry.",
+    )
+    max_dependencies: int = Field(
+        32, ge=0, le=1000, description="Most dependencies one function may name."
+    )
+    dependency_cache: str = Field(
+        "./microsandbox-functions",
+        description="Node-local cache of installed dependency sets (one folder per exact set), "
+        "mounted read-only into the sandboxes of the functions that use it: every folder "
+        "above it must be world-traversable (sandboxes run as unprivileged uids).",
+    )
+    pip_index_url: str | None = Field(
+        None,
+        description="Package index of Python dependencies, installed as wheels only (pip "
+        "--index-url, --only-binary :all:); null: pip's own configuration (pip.conf, "
+        "PIP_INDEX_URL), else PyPI.",
+        examples=["https://pypi-mirror.example/simple"],
+    )
+    npm_registry: str | None = Field(
+        None,
+        description="Registry of Node dependencies, install scripts disabled (npm --registry, "
+        "--ignore-scripts); null: npm's own configuration (.npmrc), else registry.npmjs.org.",
+        examples=["https://npm-mirror.example/"],
+    )
 
 
 class LoggingConfig(_Section):
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    json_format: bool = False
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="debug, info, warning or error."
+    )
+    json_format: bool = Field(False, description="One JSON object per log line.")
 
 
 class Config(_Section):
-    server: ServerConfig = Field(default_factory=ServerConfig)
-    auth: AuthConfig = Field(default_factory=AuthConfig)
-    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
-    compression: CompressionConfig = Field(default_factory=CompressionConfig)
-    redis: RedisConfig = Field(default_factory=RedisConfig)
-    state: StateConfig = Field(default_factory=StateConfig)
-    scripts: ScriptsConfig = Field(default_factory=ScriptsConfig)
-    functions: FunctionsConfig = Field(default_factory=FunctionsConfig)
-    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    server: ServerConfig = Field(
+        default_factory=ServerConfig, description="Where the endpoints listen and how they stop."
+    )
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="Client authentication.")
+    sandbox: SandboxConfig = Field(
+        default_factory=SandboxConfig,
+        description="The backend and the limits of every sandbox.",
+    )
+    compression: CompressionConfig = Field(
+        default_factory=CompressionConfig, description="zstd compression of replies and state."
+    )
+    redis: RedisConfig = Field(default_factory=RedisConfig, description="The shared state store.")
+    state: StateConfig = Field(
+        default_factory=StateConfig, description="Actor state, in Redis or the embedded SQLite."
+    )
+    scripts: ScriptsConfig = Field(
+        default_factory=ScriptsConfig, description="Where actor scripts come from."
+    )
+    functions: FunctionsConfig = Field(
+        default_factory=FunctionsConfig,
+        description="Reflow's deploy-then-call API: POST /api/v1/functions on the HTTP port, "
+        'then the WebSocket at <ws base>/<function_id> (README, "Deploy-then-call").',
+    )
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="The server's log.")
 
     @model_validator(mode="after")
     def _public_bind_needs_auth(self) -> Config:

@@ -22,6 +22,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from .errors import CallError
 from .jsonrpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -36,7 +37,7 @@ from .jsonrpc import (
     refusal,
     sandbox_rpc_error,
 )
-from .sandbox.base import JSON, SandboxError
+from .vocabulary import JSON
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ class Dispatcher(Generic[Ctx]):
             result = await method.handler(self._validate(method, request.params), ctx)
         except RpcError as error:
             return self._answer_error(request, label, error)
-        except SandboxError as error:
+        except CallError as error:
             return self._answer_error(request, label, sandbox_rpc_error(error))
         except asyncio.CancelledError:
             raise

@@ -21,14 +21,13 @@ turns a response that cannot be encoded into a -32603 error instead of raising.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from pydantic import ValidationError
 
+from .errors import CallError
 from .jsonlimits import (
     MAX_MESSAGE_DEPTH,
     huge_number_message,
@@ -39,7 +38,9 @@ from .jsonlimits import (
     non_finite_path,
     surrogate_message,
 )
-from .sandbox.base import JSON, SandboxError
+from .vocabulary import JSON
+from .vocabulary import STRICT_JSON_DECODER as _decoder
+from .vocabulary import STRICT_JSON_ENCODER as _encoder
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class RpcError(Exception):
         return error
 
 
-def sandbox_rpc_error(error: SandboxError) -> RpcError:
+def sandbox_rpc_error(error: CallError) -> RpcError:
     """The server error that reports a sandbox failure; ``data.kind`` is the failure kind."""
     data: dict[str, JSON] = {"kind": error.kind}
     data.update(error.details)
@@ -108,14 +109,6 @@ a ready error response (the frame itself was unusable)."""
 
 def error_response(id_: Id, code: int, message: str, data: JSON = None) -> Response:
     return {"jsonrpc": "2.0", "id": id_, "error": RpcError(code, message, data).to_object()}
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-_decoder = json.JSONDecoder(parse_constant=_reject_constant)
-_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
 def decode_json(data: bytes | str) -> JSON:

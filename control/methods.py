@@ -15,14 +15,14 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
-from .config import Language
 from .dispatch import Dispatcher
+from .errors import CallError, RegistryError
 from .jsonrpc import RpcError
 from .metrics import Metrics
 from .pool import SandboxPool
-from .registry import LANGUAGE_NAMES, ActorInfo, ActorRegistry, RegistryError, language_named
-from .sandbox.base import JSON, ActorSource, CallContext, EventSink, SandboxError
+from .registry import LANGUAGE_NAMES, ActorInfo, ActorRegistry, language_named
 from .state.base import StateStore, StateTransaction
+from .vocabulary import JSON, ActorSource, CallContext, EventSink, Language
 
 ACTOR_NOT_FOUND = -32010
 
@@ -152,7 +152,7 @@ class _CountedState:
         self._tx = tx
         self._metrics = metrics
 
-    def _count_error(self, error: SandboxError) -> None:
+    def _count_error(self, error: CallError) -> None:
         if error.kind == "state_error":
             self._metrics.state_error()
 
@@ -160,7 +160,7 @@ class _CountedState:
         self._metrics.state_operation("get")
         try:
             return await self._tx.get(key, default)
-        except SandboxError as error:
+        except CallError as error:
             self._count_error(error)
             raise
 
@@ -168,7 +168,7 @@ class _CountedState:
         self._metrics.state_operation("set")
         try:
             await self._tx.set(key, value)
-        except SandboxError as error:
+        except CallError as error:
             self._count_error(error)
             raise
 
@@ -176,7 +176,7 @@ class _CountedState:
         self._metrics.state_operation("delete")
         try:
             await self._tx.delete(key)
-        except SandboxError as error:
+        except CallError as error:
             self._count_error(error)
             raise
 
@@ -184,7 +184,7 @@ class _CountedState:
         self._metrics.state_operation("increment")
         try:
             return await self._tx.increment(key, by)
-        except SandboxError as error:
+        except CallError as error:
             self._count_error(error)
             raise
 
@@ -266,10 +266,10 @@ class Api:
                 self._metrics.state_operation("commit")
             try:
                 await tx.commit()
-            except SandboxError:
+            except CallError:
                 self._metrics.state_error()
                 raise
-        except SandboxError as error:
+        except CallError as error:
             await self._abort(tx)
             self._metrics.execution_finished(
                 source.language, error.kind, time.perf_counter() - started
@@ -291,7 +291,7 @@ class Api:
     async def _abort(self, tx: StateTransaction) -> None:
         try:
             await tx.abort()
-        except SandboxError:
+        except CallError:
             self._metrics.state_error()
 
     async def load(self, params: LoadParams, scope: CallScope) -> JSON:

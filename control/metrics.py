@@ -14,8 +14,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .config import LANGUAGES, Language
 from .sandbox.enforced import EnforcedLimit
+from .vocabulary import LANGUAGES, Language
 
 if TYPE_CHECKING:
     from .pool import SandboxInfo

@@ -34,17 +34,10 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from .config import LANGUAGES, Language, SandboxConfig
-from .sandbox.base import (
-    JSON,
-    ActorSource,
-    Backend,
-    CallContext,
-    EventSink,
-    Sandbox,
-    SandboxError,
-    StateHandler,
-)
+from .config import SandboxConfig
+from .errors import CallError, PoolError, SandboxError
+from .sandbox.base import Backend, Sandbox
+from .vocabulary import JSON, LANGUAGES, ActorSource, CallContext, EventSink, Language, StateHandler
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +227,7 @@ class SandboxPool:
         for group in self._groups.values():
             for waiter in group.waiters:
                 if not waiter.done():
-                    waiter.set_exception(SandboxError("unavailable", "the server is shutting down"))
+                    waiter.set_exception(PoolError("unavailable", "the server is shutting down"))
             closing.extend((group.actor.language, member.sandbox) for member in group.members)
             group.members.clear()
             group.idle.clear()
@@ -255,7 +248,7 @@ class SandboxPool:
         *,
         timeout: float | None = None,
     ) -> dict[str, JSON]:
-        """Run one call of ``actor`` in a sandbox bound to it; raises :class:`SandboxError`.
+        """Run one call of ``actor`` in a sandbox bound to it; raises :class:`~.errors.CallError`.
 
         ``timeout`` (seconds) shortens the call's limit below ``sandbox.call_timeout``.
         """
@@ -265,7 +258,7 @@ class SandboxPool:
             limit = min(limit, timeout)
         try:
             outputs = await member.sandbox.call(context, state, events, timeout=limit)
-        except SandboxError as error:
+        except CallError as error:
             if error.destroys_sandbox:
                 member.discard_reason = error.kind
             elif not member.sandbox.alive:
@@ -289,7 +282,7 @@ class SandboxPool:
             waiter = group.waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(
-                    SandboxError(
+                    PoolError(
                         "unavailable", f"actor {actor_key!r} was unloaded while the call waited"
                     )
                 )
@@ -345,7 +338,7 @@ class SandboxPool:
 
     async def _acquire(self, actor: ActorSource) -> _Bound:
         if self._closing:
-            raise SandboxError("unavailable", "the server is shutting down")
+            raise PoolError("unavailable", "the server is shutting down")
         group = self._group_for(actor)
         while not group.waiters and group.idle:
             member = group.idle.pop()
@@ -360,7 +353,7 @@ class SandboxPool:
         settings = self._settings.pool
         room = max(0, settings.max_per_actor - len(group.members))
         if len(group.waiters) >= room + settings.max_queued_per_actor:
-            raise SandboxError(
+            raise PoolError(
                 "pool_exhausted",
                 f"actor {actor.key!r} already has {len(group.waiters)} calls waiting for a "
                 f"sandbox (it runs in {len(group.members)} of max_per_actor "
@@ -411,7 +404,7 @@ class SandboxPool:
             del queued[waiter]
             if not waiter.done():
                 waiter.set_exception(
-                    SandboxError(
+                    PoolError(
                         "pool_exhausted",
                         f"no {actor.language} sandbox for actor {actor.key!r} within "
                         f"{settings.acquire_timeout:g} s (max_instances "
@@ -517,13 +510,13 @@ class SandboxPool:
         except BaseException as error:
             group.growing -= 1
             if sandbox is not None:
-                reason = error.kind if isinstance(error, SandboxError) else "load_failed"
+                reason = error.kind if isinstance(error, CallError) else "load_failed"
                 self._spawn_task(self._kill(language, sandbox, reason))
             else:
                 self._languages[language].count -= 1
             if not isinstance(error, Exception):
                 raise  # cancelled: the pool is closing
-            if not isinstance(error, SandboxError):
+            if not isinstance(error, CallError):
                 log.exception("starting a %s sandbox for %s failed", language, actor.key)
                 error = SandboxError("unavailable", f"could not start a {language} sandbox")
             # A script that does not load (or a backend that cannot start) fails the

@@ -17,15 +17,12 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from .actor_metadata import MetadataError, NotAnActor, extract, valid_name
-from .config import Language
-from .sandbox.base import ActorSource
+from .errors import RegistryError
+from .vocabulary import JSON, ActorSource, Language
 
 log = logging.getLogger(__name__)
-
-JSON = Any
 
 DEFAULT_NAMESPACE = "default"
 MAX_SCRIPT_BYTES = 4 * 1024 * 1024
@@ -51,10 +48,6 @@ def language_named(name: object) -> Language | None:
 
 LANGUAGE_NAMES = ", ".join(_LANGUAGE_ALIASES)
 """Every language name ``load`` accepts, for error messages."""
-
-
-class RegistryError(ValueError):
-    """A user-facing reason why an actor cannot be found, loaded or registered."""
 
 
 @dataclass(frozen=True)

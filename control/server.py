@@ -15,7 +15,7 @@ import logging
 import signal
 from types import TracebackType
 
-from .config import LANGUAGES, Config
+from .config import Config
 from .dispatch import Dispatcher
 from .functions.http_api import FunctionRoutes
 from .functions.setup import build_function_service
@@ -31,6 +31,7 @@ from .state.base import StateStore
 from .transports.auth import TokenAuth
 from .transports.http import HttpTransport, MetricsEndpoint
 from .transports.ws import WsTransport
+from .vocabulary import LANGUAGES
 
 log = logging.getLogger(__name__)
 

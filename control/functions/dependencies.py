@@ -26,7 +26,8 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from ..config import Language
+from ..errors import MicroSandboxError
+from ..vocabulary import Language
 
 Pairs = tuple[tuple[str, str], ...]
 """Normalised dependencies: ``(name, version spec)``, sorted by name."""
@@ -39,7 +40,7 @@ _MAX_NAME = 214
 _MAX_SPEC = 128
 
 
-class DependencyError(ValueError):
+class DependencyError(MicroSandboxError, ValueError):
     """A dependency that cannot be installed as given; the message names it."""
 
 

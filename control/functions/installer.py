@@ -44,7 +44,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import FunctionsConfig, Language
+from ..config import FunctionsConfig
+from ..errors import MicroSandboxError
+from ..vocabulary import Language
 from . import locks
 from .dependencies import Pairs, pip_requirements, set_key
 from .metrics import FunctionMetrics
@@ -62,7 +64,7 @@ _ERROR_MARKS = ("ERROR:", "npm ERR!", "npm error", "error:")
 _Work = Callable[[Path], Awaitable[None]]
 
 
-class InstallError(Exception):
+class InstallError(MicroSandboxError):
     """Dependencies that could not be had; the message is the installer's own."""
 
 

@@ -20,14 +20,13 @@ import json
 import re
 import secrets
 from dataclasses import dataclass, replace
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
-from ..config import Language
+from ..errors import MicroSandboxError
 from ..jsonlimits import MAX_MESSAGE_DEPTH, depth_message, nesting_exceeds
-
-JSON = Any
+from ..vocabulary import JSON, Language
 
 RUNTIMES: tuple[Language, ...] = ("python", "nodejs")
 """What Reflow sends as ``runtime`` (its ``"python"`` and ``"nodejs"``)."""
@@ -47,7 +46,7 @@ _FILENAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 _EXTENSIONS: dict[Language, str] = {"python": ".py", "nodejs": ".js"}
 
 
-class DeployError(Exception):
+class DeployError(MicroSandboxError):
     """A deploy that cannot be served: the HTTP status, the ``error`` text, a metric label."""
 
     def __init__(self, status: int, message: str, outcome: str) -> None:

@@ -24,10 +24,11 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import Config, Language
+from ..config import Config
+from ..errors import CallError, StateError
 from ..jsonrpc import SANDBOX_ERROR_CODES, RpcError
 from ..pool import SandboxPool
-from ..sandbox.base import JSON, ActorSource, CallContext, SandboxError
+from ..vocabulary import JSON, ActorSource, CallContext, Language
 from .dependencies import DependencyError, Pairs, normalise
 from .installer import DependencyInstaller, InstallError
 from .metrics import FunctionMetrics
@@ -78,16 +79,16 @@ class _NoState:
     """State for the syntax checker, which never asks for any."""
 
     async def get(self, key: str, default: JSON = None) -> JSON:
-        raise SandboxError("state_error", "no state during a syntax check")
+        raise StateError("no state during a syntax check")
 
     async def set(self, key: str, value: JSON) -> None:
-        raise SandboxError("state_error", "no state during a syntax check")
+        raise StateError("no state during a syntax check")
 
     async def delete(self, key: str) -> None:
-        raise SandboxError("state_error", "no state during a syntax check")
+        raise StateError("no state during a syntax check")
 
     async def increment(self, key: str, by: int | float = 1) -> int | float:
-        raise SandboxError("state_error", "no state during a syntax check")
+        raise StateError("no state during a syntax check")
 
 
 class _NoEvents:
@@ -186,7 +187,7 @@ class FunctionService:
         except DeployError as error:
             self._metrics.deploy(runtime, error.outcome)
             return Reply(error.status, deploy_failed(error.message))
-        except SandboxError as error:
+        except CallError as error:
             self._metrics.deploy(runtime, "store_error")
             return Reply(503, deploy_failed(f"the function store failed: {error.message}"))
         self._metrics.deploy(runtime, "new" if new else "cached")
@@ -269,7 +270,7 @@ class FunctionService:
         context = CallContext(actor_id="syntax-check", namespace=checker.namespace)
         try:
             await self._pool.execute(checker, context, _NoState(), _NoEvents())
-        except SandboxError as error:
+        except CallError as error:
             if error.kind == "load_error":
                 return problem_from_load_error(error.message, error.details)
             raise DeployError(
@@ -287,7 +288,7 @@ class FunctionService:
             return  # status says "deploying" until the background install ends
         problem = task.result()
         if problem is not None:
-            with contextlib.suppress(SandboxError):
+            with contextlib.suppress(CallError):
                 await self._store.delete(record.id)
             raise DeployError(
                 422, f"the dependencies could not be installed: {problem}", "dependency_error"
@@ -299,15 +300,15 @@ class FunctionService:
         except InstallError as error:
             problem = str(error)
             log.info("dependencies of function %s failed: %s", record.id, problem)
-            with contextlib.suppress(SandboxError):
+            with contextlib.suppress(CallError):
                 await self._store.set_state(record.id, "failed", problem)
             return problem
-        except SandboxError as error:
+        except CallError as error:
             problem = f"the function store failed: {error.message}"
-            with contextlib.suppress(SandboxError):
+            with contextlib.suppress(CallError):
                 await self._store.set_state(record.id, "failed", problem)
             return problem
-        with contextlib.suppress(SandboxError):
+        with contextlib.suppress(CallError):
             await self._store.set_state(record.id, "ready")
         return None
 
@@ -319,7 +320,7 @@ class FunctionService:
             return Reply(404, unknown_status(function_id[:64]))
         try:
             record = await self._store.get(function_id)
-        except SandboxError as error:
+        except CallError as error:
             # "starting" keeps Reflow polling through a short store outage.
             body = {**unknown_status(function_id), "state": "starting", "error": error.message}
             return Reply(503, body)
@@ -332,7 +333,7 @@ class FunctionService:
         try:
             known = FUNCTION_ID.fullmatch(function_id) is not None
             record = await self._store.delete(function_id) if known else None
-        except SandboxError as error:
+        except CallError as error:
             self._metrics.undeploy("store_error")
             return Reply(503, {"success": False, "error": error.message})
         if record is None:
@@ -355,7 +356,7 @@ class FunctionService:
         the function is not deployed or not ready. Counts the invocation."""
         try:
             record = await self._store.touch(function_id, self._settings.idle_timeout)
-        except SandboxError as error:
+        except CallError as error:
             raise _store_failed(error) from None
         if record is None:
             raise RpcError(
@@ -404,7 +405,7 @@ class FunctionService:
         fid = record.id
         try:
             data = await self._store.load_code(record.digest, self._settings.idle_timeout)
-        except SandboxError as error:
+        except CallError as error:
             raise _store_failed(error) from None
         if data is None:
             raise RpcError(
@@ -448,7 +449,7 @@ class FunctionService:
                 f"the dependencies of function {fid} could not be installed on this node: {error}",
                 {"kind": "load_error", "function_id": fid},
             ) from None
-        except SandboxError as error:
+        except CallError as error:
             raise _store_failed(error) from None
         self._installer.mark_used(folder)
         return folder
@@ -462,7 +463,7 @@ class FunctionService:
         return task
 
     async def _refresh_count(self) -> None:
-        with contextlib.suppress(SandboxError):
+        with contextlib.suppress(CallError):
             self._metrics.deployed.set(await self._store.count())
 
     async def _sweep_forever(self) -> None:
@@ -487,7 +488,7 @@ class FunctionService:
             self._installer.prune(keep, self._settings.idle_timeout)
 
 
-def _store_failed(error: SandboxError) -> RpcError:
+def _store_failed(error: CallError) -> RpcError:
     """The JSON-RPC error for a call whose function store failed."""
     return RpcError(SANDBOX_ERROR_CODES["state_error"], error.message, {"kind": "state_error"})
 

@@ -11,8 +11,8 @@ Three kinds of record, each expiring after ``functions.idle_timeout`` without us
   installed it (pinned versions and hashes), so every other node installs the same
   files (see :mod:`.installer`).
 
-Every failure of the underlying store raises ``SandboxError(kind="state_error")``
-whose message names the store, as the actor state stores do.
+Every failure of the underlying store raises :class:`~..errors.StateError` (kind
+``state_error``) whose message names the store, as the actor state stores do.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import json
 
-from ..config import Language
+from ..vocabulary import Language
 
 CHECKER_FILENAME = "<msb-syntax-check>"
 

@@ -3,105 +3,18 @@
 A :class:`Sandbox` is one long-lived runner process (Python or Node.js) inside an
 isolation boundary. It is loaded with exactly one actor, then called many times.
 While a call runs, the runner may stream events (outputs, logs) and ask for state;
-both go through the objects the caller passes in, so the sandbox layer knows
-nothing of WebSockets or Redis.
+both go through the objects the caller passes in (:class:`~..vocabulary.StateHandler`,
+:class:`~..vocabulary.EventSink`), so the sandbox layer knows nothing of WebSockets or
+Redis. Failures are :class:`~..errors.SandboxError` (see :mod:`..errors`).
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
 
-from ..config import Language
+from ..vocabulary import JSON, ActorSource, CallContext, EventSink, Language, StateHandler
 from .enforced import EnforcedLimit
-
-JSON = Any
-"""A value that survives strict JSON (no NaN/Infinity)."""
-
-ErrorKind = Literal[
-    "timeout",  # the call ran past its wall-clock limit
-    "memory",  # the sandbox hit its memory limit
-    "crashed",  # the runner died (signal, fork bomb, killed, protocol broken)
-    "output_too_large",  # the call's outputs, pushes or logs went past the cap
-    "script_error",  # the script raised, or returned something that is not strict JSON
-    "load_error",  # the script could not be loaded (syntax error, no process function)
-    "pool_exhausted",  # no sandbox could be had within the acquire timeout
-    "state_error",  # the state store failed or refused a request
-    "unavailable",  # the backend cannot start sandboxes (engine down, image missing)
-]
-
-
-class SandboxError(Exception):
-    """A call or start failed; ``kind`` says which limit or failure it was."""
-
-    def __init__(
-        self,
-        kind: ErrorKind,
-        message: str,
-        *,
-        details: Mapping[str, JSON] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.kind: ErrorKind = kind
-        self.message = message
-        self.details: dict[str, JSON] = dict(details or {})
-
-    @property
-    def destroys_sandbox(self) -> bool:
-        """Whether the sandbox that raised this must be thrown away."""
-        return self.kind not in ("script_error", "state_error", "pool_exhausted")
-
-
-@dataclass(frozen=True)
-class ActorSource:
-    """A script to load: the actor's identity and its code."""
-
-    name: str
-    namespace: str
-    language: Language
-    source: str
-    filename: str = "<actor>"
-    package_dirs: tuple[str, ...] = ()
-    """Host folders of this actor's own dependencies, mounted read-only into its
-    sandboxes (on top of ``sandbox.package_dirs``); its sandboxes are started for it."""
-
-    @property
-    def key(self) -> str:
-        """The identity the pool binds sandboxes to."""
-        return f"{self.namespace}:{self.name}"
-
-
-@dataclass(frozen=True)
-class CallContext:
-    """What a script sees as ``context`` (besides the methods)."""
-
-    actor_id: str
-    namespace: str
-    payload: Mapping[str, JSON] = field(default_factory=dict)
-    config: Mapping[str, JSON] = field(default_factory=dict)
-    timestamp: int = 0
-
-
-class StateHandler(Protocol):
-    """Answers the state requests a running script makes (keys are the script's own)."""
-
-    async def get(self, key: str, default: JSON = None) -> JSON: ...
-
-    async def set(self, key: str, value: JSON) -> None: ...
-
-    async def delete(self, key: str) -> None: ...
-
-    async def increment(self, key: str, by: int | float = 1) -> int | float: ...
-
-
-class EventSink(Protocol):
-    """Receives what a running script streams, in order, as it happens."""
-
-    async def output(self, port: str, data: JSON) -> None: ...
-
-    async def log(self, level: str, message: str) -> None: ...
 
 
 class Sandbox(abc.ABC):
@@ -140,8 +53,10 @@ class Sandbox(abc.ABC):
     ) -> dict[str, JSON]:
         """Run the loaded actor once; returns its outputs (port -> value).
 
-        Raises :class:`SandboxError`; when ``error.destroys_sandbox`` the sandbox is
-        already dead or must be closed by the caller.
+        Raises :class:`~..errors.CallError`: a :class:`~..errors.SandboxError`, or the
+        :class:`~..errors.StateError` a state request failed with; when
+        ``error.destroys_sandbox`` the sandbox is already dead or must be closed by the
+        caller.
         """
 
     @abc.abstractmethod

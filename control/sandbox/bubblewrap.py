@@ -40,20 +40,20 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from subprocess import Popen
 
-from ..config import Language, SandboxConfig
+from ..config import SandboxConfig
+from ..errors import CallError, SandboxError
 from ..runners import NODE_RUNNER, PYTHON_RUNNER
-from . import enforced, seccomp
-from .base import (
+from ..vocabulary import (
     JSON,
     ActorSource,
-    Backend,
     CallContext,
     ErrorKind,
     EventSink,
-    Sandbox,
-    SandboxError,
+    Language,
     StateHandler,
 )
+from . import enforced, seccomp
+from .base import Backend, Sandbox
 from .enforced import EnforcedLimit
 from .host_view import HostLayout, missing_folders
 from .limits import (
@@ -354,7 +354,7 @@ class BubblewrapSandbox(Sandbox):
         assert self._client is not None
         try:
             self.metadata = await self._client.load(actor, self._backend.settings.call_timeout)
-        except SandboxError as error:
+        except CallError as error:
             if error.destroys_sandbox:
                 await self.close()
             raise
@@ -371,7 +371,7 @@ class BubblewrapSandbox(Sandbox):
         assert self._client is not None
         try:
             return await self._client.call(context, state, events, timeout=timeout)
-        except SandboxError as error:
+        except CallError as error:
             if error.destroys_sandbox or self._client.broken:
                 await self.close()
             raise

@@ -29,6 +29,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from ..errors import HostError
+
 log = logging.getLogger(__name__)
 
 SUPERVISOR_LEAF = "supervisor"
@@ -36,7 +38,7 @@ SUPERVISOR_LEAF = "supervisor"
 CONTROLLERS = ("cpu", "memory", "pids")
 
 
-class DelegationError(LookupError):
+class DelegationError(HostError, LookupError):
     """The cgroup v2 subtree cannot be prepared; the message says what the host lacks."""
 
 

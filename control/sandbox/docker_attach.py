@@ -25,6 +25,8 @@ import struct
 from collections.abc import Awaitable, Callable
 from typing import cast
 
+from ..errors import ProtocolError
+
 HEADER = struct.Struct(">BxxxL")
 STDIN, STDOUT, STDERR = 0, 1, 2
 STDERR_HIGH_WATER = 1024 * 1024
@@ -35,7 +37,7 @@ _MAX_PARTIAL = len(MARKER_PREFIX) + 20 + 1
 log = logging.getLogger(__name__)
 
 
-class DemuxError(ValueError):
+class DemuxError(ProtocolError, ValueError):
     """The attach stream does not follow the engine's multiplexing format."""
 
 

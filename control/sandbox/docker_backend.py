@@ -27,20 +27,21 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..config import LANGUAGES, Language, SandboxConfig
-from . import docker_engine as engine
-from . import enforced
-from .base import (
+from ..config import SandboxConfig
+from ..errors import CallError, SandboxError
+from ..vocabulary import (
     JSON,
+    LANGUAGES,
     ActorSource,
-    Backend,
     CallContext,
     ErrorKind,
     EventSink,
-    Sandbox,
-    SandboxError,
+    Language,
     StateHandler,
 )
+from . import docker_engine as engine
+from . import enforced
+from .base import Backend, Sandbox
 from .docker_attach import EndMarkerScanner, open_attached_streams
 from .docker_cgroup import MemoryCgroup, find_memory_cgroup
 from .docker_owner import Owner
@@ -126,7 +127,7 @@ class DockerSandbox(Sandbox):
     async def load(self, actor: ActorSource) -> Mapping[str, JSON]:
         try:
             return await self._client().load(actor, self._backend.settings.call_timeout)
-        except SandboxError as error:
+        except CallError as error:
             await self._dispose_after(error)
             raise
 
@@ -141,11 +142,11 @@ class DockerSandbox(Sandbox):
         self._call_deadline = asyncio.get_running_loop().time() + timeout
         try:
             return await self._client().call(context, state, events, timeout=timeout)
-        except SandboxError as error:
+        except CallError as error:
             await self._dispose_after(error)
             raise
 
-    async def _dispose_after(self, error: SandboxError) -> None:
+    async def _dispose_after(self, error: CallError) -> None:
         # The runner client never kills: a runner that timed out or broke a limit is
         # removed here, so the caller gets a dead sandbox as the interface promises.
         if error.destroys_sandbox:

@@ -20,8 +20,9 @@ import docker.errors
 from docker.client import DockerClient, from_env
 from docker.types import LogConfig, Ulimit
 
-from ..config import Language, SandboxConfig
-from .base import SandboxError
+from ..config import SandboxConfig
+from ..errors import SandboxError
+from ..vocabulary import Language
 from .docker_owner import LANGUAGE, MANAGED, OWNER, Owner
 
 RUNNERS_DIR = Path(__file__).resolve().parent.parent / "runners"

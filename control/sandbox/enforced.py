@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..config import Language
+from ..vocabulary import Language
 
 LIMITS = ("memory", "cpu", "processes", "open_files", "file_size")
 CGROUP_LIMITS = ("memory", "cpu", "processes")

@@ -42,7 +42,7 @@ Messages, runner -> control plane:
 ``{"type": "error", "call": int|null, "kind": str, "error_type": str, "message": str,``
 ``"traceback": str, "lingering": bool}``
     The load (``call`` null) or call failed: ``kind`` is ``load_error``,
-    ``script_error``, ``memory`` or ``state_error`` (see ``base.ErrorKind``); the
+    ``script_error``, ``memory`` or ``state_error`` (see ``vocabulary.ErrorKind``); the
     traceback is trimmed to the user's code.
 ``{"type": "uncaught", "call": int|null, "fatal": bool, "error_type": str,``
 ``"message": str, "traceback": str}``
@@ -56,9 +56,11 @@ made in :mod:`.runner_protocol`.
 
 from __future__ import annotations
 
-import json
 import struct
 from typing import Any
+
+from ..errors import ProtocolError
+from ..vocabulary import STRICT_JSON_DECODER, STRICT_JSON_ENCODER
 
 Message = dict[str, Any]
 
@@ -67,7 +69,7 @@ HEADER_SIZE = HEADER.size
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 
 
-class FrameError(Exception):
+class FrameError(ProtocolError):
     """The byte stream is not a valid frame sequence; the connection is unusable."""
 
 
@@ -80,14 +82,9 @@ class FrameTooLarge(FrameError):
         self.limit = limit
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-# One encoder and one decoder for every frame: json.dumps/loads with options build new ones
-# per call, which costs more than encoding a small frame.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+# One encoder and one decoder for every frame (the project's strict pair).
+_ENCODER = STRICT_JSON_ENCODER
+_DECODER = STRICT_JSON_DECODER
 _SCAN: Any = getattr(_DECODER, "scan_once")  # noqa: B009 (typeshed lacks it)
 
 

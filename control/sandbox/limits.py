@@ -31,7 +31,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Language, SandboxConfig
+from ..config import SandboxConfig
+from ..errors import HostError
+from ..vocabulary import Language
 from . import cgroup_v2
 
 log = logging.getLogger(__name__)
@@ -156,7 +158,7 @@ def _own_cgroup(controller: str) -> str:
     raise LookupError(controller)
 
 
-class CgroupsUnusable(Exception):
+class CgroupsUnusable(HostError):
     """This process cannot create sandbox cgroups here; the message says why."""
 
 

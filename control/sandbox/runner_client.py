@@ -24,7 +24,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
-from .base import JSON, ActorSource, CallContext, ErrorKind, EventSink, SandboxError, StateHandler
+from ..errors import SandboxError
+from ..vocabulary import JSON, ActorSource, CallContext, ErrorKind, EventSink, StateHandler
 from .frames import Message
 from .runner_protocol import (
     CallEnding,

@@ -38,6 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
+from ..errors import CallError, SandboxError, StateError
 from ..jsonlimits import (
     MAX_STATE_VALUE_BYTES,
     MAX_VALUE_DEPTH,
@@ -47,7 +48,7 @@ from ..jsonlimits import (
     nesting_exceeds,
     surrogate_message,
 )
-from .base import JSON, ActorSource, CallContext, ErrorKind, SandboxError
+from ..vocabulary import JSON, ActorSource, CallContext, ErrorKind
 from .frames import FrameDecoder, FrameError, FrameTooLarge, Message, decode_body, encode_frame
 
 RUNNER_KINDS: frozenset[str] = frozenset({"script_error", "load_error", "memory", "state_error"})
@@ -111,7 +112,7 @@ class Finished:
     """An operation (start, load or call) ended: ``value`` on success, else ``error``."""
 
     value: Any = None
-    error: SandboxError | None = None
+    error: CallError | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +140,7 @@ class Phase(enum.Enum):
 class _Call:
     call_id: int
     used: int = 0
-    side_failure: SandboxError | None = None
+    side_failure: CallError | None = None
     outcome: Finished | None = None
 
 
@@ -272,11 +273,11 @@ class RunnerProtocol:
                 }
             )
         except (ValueError, TypeError, RecursionError) as error:
-            self.fail_state(request, SandboxError("state_error", f"stored value: {error}"))
+            self.fail_state(request, StateError(f"stored value: {error}"))
             return
         self._outgoing.append(frame)
 
-    def fail_state(self, request: StateRequest, error: SandboxError) -> None:
+    def fail_state(self, request: StateRequest, error: BaseException) -> None:
         """The store failed ``request``: the runner gets the error, the call fails at its end."""
         call = self._call
         if call is None or call.call_id != request.call or self.phase is Phase.BROKEN:
@@ -359,7 +360,7 @@ class RunnerProtocol:
         text = data.decode("utf-8", "replace").rstrip("\n")
         return Log(call.call_id, "info", text)
 
-    def receive_eof(self, error: SandboxError) -> None:
+    def receive_eof(self, error: CallError) -> None:
         """The channel ended; ``error`` says why (the backend's death report)."""
         self._break(error)
 
@@ -483,7 +484,7 @@ class RunnerProtocol:
             if isinstance(by, bool) or not isinstance(by, int | float):
                 problem = f"increment_state by {by!r}: not a number"
         if problem is not None:
-            self._refuse_state(call, message, SandboxError("state_error", problem))
+            self._refuse_state(call, message, StateError(problem))
             return
         assert isinstance(request_id, int) and isinstance(op, str) and isinstance(key, str)
         self._events.append(
@@ -497,7 +498,7 @@ class RunnerProtocol:
             )
         )
 
-    def _refuse_state(self, call: _Call, message: Message, error: SandboxError) -> None:
+    def _refuse_state(self, call: _Call, message: Message, error: StateError) -> None:
         call.side_failure = call.side_failure or error
         request_id = message.get("id")
         if type(request_id) is int:
@@ -545,7 +546,7 @@ class RunnerProtocol:
         self.phase = Phase.ENDING
         self._events.append(CallEnding(call.call_id))
 
-    def _fail_call_now(self, error: SandboxError) -> None:
+    def _fail_call_now(self, error: CallError) -> None:
         call = self._call
         if call is None:
             return
@@ -559,7 +560,7 @@ class RunnerProtocol:
             self.phase = Phase.IDLE
         self._events.append(outcome)
 
-    def _break(self, error: SandboxError) -> None:
+    def _break(self, error: CallError) -> None:
         """The runner is unusable; the running operation (if any) ends with ``error``."""
         if self.phase is Phase.BROKEN:
             return
@@ -616,12 +617,12 @@ def runner_error(message: Mapping[str, Any], default: ErrorKind) -> SandboxError
     )
 
 
-def as_state_error(error: BaseException) -> SandboxError:
+def as_state_error(error: BaseException) -> StateError:
     """``error`` as ``state_error``: what a failed state request or push fails a call with."""
-    if isinstance(error, SandboxError) and error.kind == "state_error":
+    if isinstance(error, StateError) and error.kind == "state_error":
         return error
-    message = error.message if isinstance(error, SandboxError) else str(error)
-    return SandboxError("state_error", message or type(error).__name__)
+    message = error.message if isinstance(error, CallError) else str(error)
+    return StateError(message or type(error).__name__)
 
 
 def _state_refusal(call_id: int, request_id: int, message: str) -> bytes:

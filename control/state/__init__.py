@@ -9,7 +9,7 @@ succeeds (aborts it when the call fails).
 from __future__ import annotations
 
 from ..config import Config
-from .base import StateStore, StateTransaction, state_error
+from .base import StateStore, StateTransaction
 from .redis_store import RedisStore
 from .sqlite_store import SqliteStore
 
@@ -19,7 +19,6 @@ __all__ = [
     "StateStore",
     "StateTransaction",
     "open_store",
-    "state_error",
 ]
 
 

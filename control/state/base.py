@@ -11,10 +11,10 @@ checks with retry are not an option: a retry would run again a script that has
 already pushed outputs.
 
 Errors: every failure of the store (down, timeout, lock wait exceeded, lost lock,
-unreadable stored value) raises ``SandboxError(kind="state_error")`` whose
+unreadable stored value) raises :class:`~..errors.StateError` (kind ``state_error``) whose
 message names the store. A script that passes something that cannot be stored (a
 key that is not a string, a value that is not strict JSON or is too large,
-incrementing a non-number) gets ``SandboxError(kind="script_error")``: it is the
+incrementing a non-number) gets a ``StateError`` of kind ``script_error``: it is the
 script's bug, shown to it like any exception it raised, and the store is fine.
 """
 
@@ -23,12 +23,7 @@ from __future__ import annotations
 import abc
 from types import TracebackType
 
-from ..sandbox.base import JSON, SandboxError
-
-
-def state_error(message: str) -> SandboxError:
-    """The error every store failure raises."""
-    return SandboxError("state_error", message)
+from ..vocabulary import JSON
 
 
 class StateTransaction(abc.ABC):

@@ -10,7 +10,7 @@ check that answers) closes the breaker.
 
     breaker = Breaker(probe_interval=0.5)
     if not breaker.allow():
-        raise state_error(breaker.describe())     # fail at once
+        raise StateError(breaker.describe())      # fail at once
     try: ...; breaker.succeeded()
     except ConnectionError as error: breaker.failed(str(error)); raise
 """

@@ -11,21 +11,20 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
 
 from ..compression import CompressionError, is_zstd, zstd_compress, zstd_decompress
+from ..errors import MicroSandboxError
 from ..jsonlimits import MAX_STATE_VALUE_BYTES
-
-JSON = Any
+from ..vocabulary import JSON, strict_json
 
 DEFAULT_MAX_VALUE_SIZE = MAX_STATE_VALUE_BYTES
 
 
-class StateValueError(ValueError):
+class StateValueError(MicroSandboxError, ValueError):
     """A value cannot be stored (not strict JSON, or too large); the script's fault."""
 
 
-class StoredValueError(ValueError):
+class StoredValueError(MicroSandboxError, ValueError):
     """What the store holds under a key is not a value we can read (corrupt, not JSON)."""
 
 
@@ -42,7 +41,7 @@ def lock_key(namespace: str, actor_id: str) -> str:
 def encode_json(value: JSON, *, max_size: int = DEFAULT_MAX_VALUE_SIZE) -> bytes:
     """Compact strict JSON (no NaN/Infinity) as UTF-8; :class:`StateValueError` if impossible."""
     try:
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = strict_json(value)
     except (TypeError, ValueError, RecursionError) as error:
         raise StateValueError(f"the value is not strict JSON: {error}") from None
     data = _encode_utf8(text)

@@ -41,8 +41,8 @@ from redis.exceptions import AuthenticationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..sandbox.base import SandboxError
-from .base import StateStore, StateTransaction, state_error
+from ..errors import StateError
+from .base import StateStore, StateTransaction
 from .breaker import Breaker
 from .codec import DEFAULT_MAX_VALUE_SIZE, lock_key
 from .locks import KeyedLocks
@@ -172,14 +172,14 @@ class RedisStore(StateStore):
     def transaction(self, namespace: str, actor_id: str) -> StateTransaction:
         return RedisTransaction(self, namespace, actor_id)
 
-    def failure(self, error: BaseException, doing: str, *, note: str = "") -> SandboxError:
+    def failure(self, error: BaseException, doing: str, *, note: str = "") -> StateError:
         """The ``state_error`` for a Redis failure while ``doing`` something; a timeout
         opens the breaker."""
         if _timed_out(error):
             if not self.breaker.open:
                 log.warning("state store %s does not answer: %s", self.name, _reason(error))
             self.breaker.failed(_reason(error))
-        return state_error(
+        return StateError(
             f"state store {self.name} failed to {doing}: {_reason(error)}{note}"
         )
 
@@ -187,7 +187,7 @@ class RedisStore(StateStore):
         """Raise the ``state_error`` at once while Redis is known unreachable (unless
         this operation is the probe that finds out whether it is back)."""
         if not self.breaker.allow():
-            raise state_error(
+            raise StateError(
                 f"state store {self.name} {self.breaker.describe()}: did not try to {doing}"
             )
 

@@ -31,7 +31,8 @@ import struct
 from collections.abc import Callable
 from typing import TypeVar
 
-from .base import StateStore, StateTransaction, state_error
+from ..errors import StateError
+from .base import StateStore, StateTransaction
 from .codec import DEFAULT_MAX_VALUE_SIZE
 from .locks import KeyedLocks
 from .transaction import LockedTransaction, ValueCodec, Writes, sleep_until_retry
@@ -102,11 +103,11 @@ class SqliteStore(StateStore):
     async def run(self, operation: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``operation`` with the connection in the worker thread; ``state_error``."""
         if self._closed:
-            raise state_error(f"state store {self.name} is closed")
+            raise StateError(f"state store {self.name} is closed")
         try:
             return await self._in_thread(lambda: operation(self._connection()))
         except (sqlite3.Error, OSError) as error:
-            raise state_error(f"state store {self.name}: {error}") from None
+            raise StateError(f"state store {self.name}: {error}") from None
 
     async def _in_thread(self, function: Callable[[], T]) -> T:
         if self._executor is None:

@@ -26,8 +26,9 @@ import random
 import time
 from typing import Literal
 
-from ..sandbox.base import JSON, SandboxError
-from .base import StateTransaction, state_error
+from ..errors import StateError
+from ..vocabulary import JSON
+from .base import StateTransaction
 from .codec import (
     StateValueError,
     StoredValueError,
@@ -129,7 +130,7 @@ class LockedTransaction(StateTransaction):
         try:
             encoded = self._codec.encode(value)
         except StateValueError as error:
-            raise SandboxError("script_error", f"set_state({key!r}): {error}") from None
+            raise StateError(f"set_state({key!r}): {error}", kind="script_error") from None
         await self._lock()
         self._writes[skey] = encoded
 
@@ -144,7 +145,7 @@ class LockedTransaction(StateTransaction):
             result = add_number(current, by)
             encoded = self._codec.encode_counter(result)
         except StateValueError as error:
-            raise SandboxError("script_error", f"increment({key!r}): {error}") from None
+            raise StateError(f"increment({key!r}): {error}", kind="script_error") from None
         self._writes[self._key(key)] = encoded
         return result
 
@@ -191,11 +192,13 @@ class LockedTransaction(StateTransaction):
 
     def _key(self, key: str) -> str:
         if not isinstance(key, str):
-            raise SandboxError("script_error", f"state keys are strings, not {type(key).__name__}")
+            raise StateError(
+                f"state keys are strings, not {type(key).__name__}", kind="script_error"
+            )
         return state_key(self.namespace, self.actor_id, key)
 
-    def _error(self, message: str) -> SandboxError:
-        return state_error(f"state store {self._store_name}: {message}")
+    def _error(self, message: str) -> StateError:
+        return StateError(f"state store {self._store_name}: {message}")
 
     async def _lock(self) -> None:
         if self._phase == "locked":
@@ -230,7 +233,7 @@ class LockedTransaction(StateTransaction):
             raise self._lock_timeout_error()
         self._phase = "locked"
 
-    def _lock_timeout_error(self) -> SandboxError:
+    def _lock_timeout_error(self) -> StateError:
         return self._error(
             f"timed out after {self._lock_timeout:g} s waiting for the state lock of actor "
             f"{self.actor_label} (another call of this actor holds it)"

@@ -52,7 +52,7 @@ from ..dispatch import Dispatcher
 from ..functions.routes import function_route, malformed_function_path
 from ..methods import CallScope, FunctionTarget
 from ..metrics import Metrics
-from ..sandbox.base import JSON
+from ..vocabulary import JSON
 from .auth import TokenAuth, query_param
 
 log = logging.getLogger(__name__)

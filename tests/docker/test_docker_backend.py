@@ -21,10 +21,11 @@ from typing import Any
 
 import pytest
 
-from reflow_microsandbox.config import Language, SandboxConfig
-from reflow_microsandbox.sandbox.base import ActorSource, CallContext, SandboxError
+from reflow_microsandbox.config import SandboxConfig
+from reflow_microsandbox.errors import SandboxError
 from reflow_microsandbox.sandbox.docker_backend import DockerBackend
 from reflow_microsandbox.sandbox.docker_owner import OWNER, Owner, process_start_time
+from reflow_microsandbox.vocabulary import ActorSource, CallContext, Language
 from tests.runtime.helpers import DictState, Events
 
 from .conftest import REPO_ROOT, containers_labelled, small_settings

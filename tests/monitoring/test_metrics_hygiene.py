@@ -23,9 +23,8 @@ from typing import get_args
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from reflow_microsandbox.config import LANGUAGES
 from reflow_microsandbox.sandbox import enforced
-from reflow_microsandbox.sandbox.base import ErrorKind
+from reflow_microsandbox.vocabulary import LANGUAGES, ErrorKind
 
 from .conftest import Scraped
 

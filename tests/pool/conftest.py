@@ -9,8 +9,8 @@ import pytest
 
 from reflow_microsandbox.config import PoolConfig, PoolLanguageConfig, SandboxConfig
 from reflow_microsandbox.pool import SandboxPool
-from reflow_microsandbox.sandbox.base import ActorSource, CallContext
 from reflow_microsandbox.sandbox.bubblewrap import BubblewrapBackend
+from reflow_microsandbox.vocabulary import ActorSource, CallContext
 
 
 def python_actor(name: str, body: str) -> ActorSource:

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from reflow_microsandbox.errors import CallError, PoolError
 from reflow_microsandbox.pool import SandboxPool
-from reflow_microsandbox.sandbox.base import SandboxError
 
 from .conftest import python_actor
 from .test_pool import run
@@ -43,7 +43,7 @@ async def test_a_flooding_actor_is_refused_once_its_queue_is_full_and_others_are
     accepted = [asyncio.create_task(run(pool, SLOW, s=2)) for _ in range(2 + 3)]
     await wait_for(lambda: busy(pool, SLOW.key) == 2, "the flooder's two sandboxes to run")
 
-    with pytest.raises(SandboxError) as refused:
+    with pytest.raises(PoolError) as refused:
         await run(pool, SLOW, s=2)
     error = refused.value
     assert error.kind == "pool_exhausted"
@@ -67,7 +67,7 @@ async def test_no_queueing_beyond_max_per_actor_when_the_queue_limit_is_zero(
     pool = await make_pool(python_max=4, max_per_actor=2, max_queued_per_actor=0)
     running = [asyncio.create_task(run(pool, SLOW, s=2)) for _ in range(2)]
     await wait_for(lambda: busy(pool, SLOW.key) == 2, "two running calls")
-    with pytest.raises(SandboxError) as refused:
+    with pytest.raises(PoolError) as refused:
         await run(pool, SLOW)
     assert refused.value.details["reason"] == "queue_full"
     assert await asyncio.gather(*running) == [{"output": 1}] * 2
@@ -90,7 +90,7 @@ async def test_an_actor_holding_the_whole_language_gives_a_sandbox_to_a_starved_
             try:
                 await run(pool, SLOW, s=0.3)
                 flood_outcomes.append("ok")
-            except SandboxError as error:
+            except CallError as error:
                 flood_outcomes.append(error.kind)
 
     flooders = [asyncio.create_task(flood()) for _ in range(12)]
@@ -116,7 +116,7 @@ async def test_fair_shares_between_two_busy_actors_at_capacity(make_pool: Any) -
 
     async def keep_calling(actor: Any) -> None:
         while not stop.is_set():
-            with contextlib.suppress(SandboxError):
+            with contextlib.suppress(CallError):
                 await run(pool, actor, s=0.3)
 
     callers = [asyncio.create_task(keep_calling(SLOW)) for _ in range(8)]

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from reflow_microsandbox.sandbox.base import SandboxError
+from reflow_microsandbox.errors import CallError, PoolError, SandboxError
 from tests.runtime.helpers import DictState, Events
 
 from .conftest import context, module_actor, python_actor
@@ -98,7 +98,7 @@ async def test_exhausted_pool_fails_fast_with_a_clear_error(make_pool: Any) -> N
     busy = asyncio.create_task(run(pool, slow))
     await asyncio.sleep(0.3)
     started = time.monotonic()
-    with pytest.raises(SandboxError) as error:
+    with pytest.raises(PoolError) as error:
         await run(pool, other)
     assert error.value.kind == "pool_exhausted"
     assert "python" in error.value.message and "max_instances 1" in error.value.message
@@ -212,7 +212,7 @@ async def test_close_kills_every_sandbox_busy_ones_too(make_pool: Any) -> None:
     await asyncio.sleep(0.3)
     assert _descendants(os.getpid()) - before, "no sandbox process was running"
     await pool.close()
-    with pytest.raises((SandboxError, asyncio.CancelledError)):
+    with pytest.raises((CallError, asyncio.CancelledError)):
         await busy
     # Killed processes leave /proc once the kernel has torn them down and they are
     # reaped, which takes a while on a busy machine: wait for that, within a bound.

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from reflow_microsandbox.pool import SandboxPool
-from reflow_microsandbox.sandbox.base import ActorSource
 from reflow_microsandbox.sandbox.bubblewrap import BubblewrapBackend
+from reflow_microsandbox.vocabulary import ActorSource
 from tests.runtime.helpers import DictState, Events
 
 from .conftest import context, settings

@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import pytest
 
 from reflow_microsandbox.config import SandboxConfig
-from reflow_microsandbox.sandbox.base import Backend, SandboxError
+from reflow_microsandbox.errors import SandboxError
+from reflow_microsandbox.sandbox.base import Backend
 from reflow_microsandbox.sandbox.bubblewrap import BubblewrapBackend
 
 from .helpers import TEST_SETTINGS

@@ -11,15 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reflow_microsandbox.config import Language
-from reflow_microsandbox.sandbox.base import (
-    JSON,
-    ActorSource,
-    Backend,
-    CallContext,
-    Sandbox,
-    SandboxError,
-)
+from reflow_microsandbox.errors import StateError
+from reflow_microsandbox.sandbox.base import Backend, Sandbox
+from reflow_microsandbox.vocabulary import JSON, ActorSource, CallContext, Language
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -63,10 +57,10 @@ class FailingState(DictState):
     """A store that is down: every request fails the way the Redis store reports it."""
 
     async def get(self, key: str, default: JSON = None) -> JSON:
-        raise SandboxError("state_error", "the state store is unreachable")
+        raise StateError("the state store is unreachable")
 
     async def set(self, key: str, value: JSON) -> None:
-        raise SandboxError("state_error", "the state store is unreachable")
+        raise StateError("the state store is unreachable")
 
 
 @dataclass

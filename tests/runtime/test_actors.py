@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from reflow_microsandbox.sandbox.base import Backend, SandboxError
+from reflow_microsandbox.errors import SandboxError, StateError
+from reflow_microsandbox.sandbox.base import Backend
 
 from .helpers import (
     EXAMPLES,
@@ -228,7 +229,7 @@ async def process(context):
 """
     sandbox = await loaded(backend, source)
     try:
-        with pytest.raises(SandboxError) as raised:
+        with pytest.raises(StateError) as raised:
             await call(sandbox, state=FailingState())
         assert raised.value.kind == "state_error"
         assert "unreachable" in raised.value.message

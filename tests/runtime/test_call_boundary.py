@@ -15,8 +15,9 @@ import time
 
 import pytest
 
-from reflow_microsandbox.config import Language
-from reflow_microsandbox.sandbox.base import Backend, Sandbox, SandboxError
+from reflow_microsandbox.errors import SandboxError
+from reflow_microsandbox.sandbox.base import Backend, Sandbox
+from reflow_microsandbox.vocabulary import Language
 
 from .helpers import Events, actor_source, call, loaded
 

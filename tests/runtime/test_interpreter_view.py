@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from reflow_microsandbox.config import SandboxConfig
-from reflow_microsandbox.sandbox.base import SandboxError
+from reflow_microsandbox.errors import SandboxError
 from reflow_microsandbox.sandbox.bubblewrap import BubblewrapBackend
 
 from .helpers import TEST_SETTINGS, call, loaded

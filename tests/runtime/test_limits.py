@@ -8,7 +8,8 @@ import asyncio
 import pytest
 
 from reflow_microsandbox.config import SandboxConfig
-from reflow_microsandbox.sandbox.base import Backend, SandboxError
+from reflow_microsandbox.errors import SandboxError
+from reflow_microsandbox.sandbox.base import Backend
 from reflow_microsandbox.sandbox.bubblewrap import BubblewrapBackend
 
 from .helpers import TEST_SETTINGS, TIME_SCALE, assert_serves, call, loaded, processes_of_uids

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from reflow_microsandbox.sandbox.base import Backend, SandboxError
+from reflow_microsandbox.errors import SandboxError
+from reflow_microsandbox.sandbox.base import Backend
 
 from .helpers import actor_source, call
 

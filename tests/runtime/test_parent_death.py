@@ -13,7 +13,7 @@ from tests.conftest import REPO_ROOT
 CONTROL_PLANE = """
 import asyncio
 from reflow_microsandbox.config import SandboxConfig
-from reflow_microsandbox.sandbox.base import ActorSource, CallContext
+from reflow_microsandbox.vocabulary import ActorSource, CallContext
 from reflow_microsandbox.sandbox.bubblewrap import BubblewrapBackend
 from tests.runtime.helpers import DictState, Events
 

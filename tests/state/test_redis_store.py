@@ -9,7 +9,7 @@ import redis
 import zstandard
 
 from reflow_microsandbox.config import parse_config
-from reflow_microsandbox.sandbox.base import SandboxError
+from reflow_microsandbox.errors import StateError
 from reflow_microsandbox.state import RedisStore, SqliteStore, open_store
 from reflow_microsandbox.state.codec import lock_key
 from tests.redis_server import RedisServer
@@ -97,7 +97,7 @@ async def test_redis_down_gives_a_clear_state_error_and_recovers_by_itself(
 
     redis_server.stop()
     tx = redis_store.transaction("default", "a")
-    with pytest.raises(SandboxError) as caught:
+    with pytest.raises(StateError) as caught:
         await tx.get("counter")
     await tx.abort()
     assert caught.value.kind == "state_error"
@@ -144,7 +144,7 @@ async def test_password_from_the_url_is_used_and_a_wrong_one_is_reported() -> No
             assert problem is not None
             assert problem.startswith(f"redis at 127.0.0.1:{server.port} refused the credentials")
             tx = bad.transaction("default", "a")
-            with pytest.raises(SandboxError) as caught:
+            with pytest.raises(StateError) as caught:
                 await tx.get("k")
             await tx.abort()
             assert caught.value.kind == "state_error"
@@ -163,7 +163,7 @@ async def test_a_held_lock_is_kept_alive_past_its_lease(redis_server: RedisServe
         await holder.set("k", "holder")
         await asyncio.sleep(1.0)  # more than three leases
         contender = other.transaction("default", "slow")
-        with pytest.raises(SandboxError, match="waiting for the state lock"):
+        with pytest.raises(StateError, match="waiting for the state lock"):
             await contender.get("k")
         await contender.abort()
         await holder.commit()
@@ -185,7 +185,7 @@ async def test_a_holder_that_lost_its_lock_cannot_commit(redis_server: RedisServ
         plain_client(redis_server).delete(lock_key("default", "a"))
         async with other.transaction("default", "a") as tx:
             await tx.set("k", "newer write")
-        with pytest.raises(SandboxError) as caught:
+        with pytest.raises(StateError) as caught:
             await stalled.commit()
         assert caught.value.kind == "state_error"
         assert "lost the state lock of actor default:a" in caught.value.message
@@ -200,7 +200,7 @@ async def test_unreadable_stored_value_is_a_state_error_naming_the_key(
 ) -> None:
     plain_client(redis_server).set("default:a:junk", b"\x28\xb5\x2f\xfd garbage")
     tx = redis_store.transaction("default", "a")
-    with pytest.raises(SandboxError) as caught:
+    with pytest.raises(StateError) as caught:
         await tx.get("junk")
     await tx.abort()
     assert caught.value.kind == "state_error"

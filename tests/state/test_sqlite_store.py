@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from reflow_microsandbox.config import parse_config
-from reflow_microsandbox.sandbox.base import SandboxError
+from reflow_microsandbox.errors import StateError
 from reflow_microsandbox.state import SqliteStore, open_store
 from tests.state.processes import run_counter_processes
 
@@ -63,7 +63,7 @@ async def test_an_unusable_path_is_reported_not_raised_at_open(tmp_path: Path) -
         stateless = store.transaction("default", "a")
         await stateless.commit()  # a call without state still works
         tx = store.transaction("default", "a")
-        with pytest.raises(SandboxError) as caught:
+        with pytest.raises(StateError) as caught:
             await tx.get("k")
         await tx.abort()
         assert caught.value.kind == "state_error"

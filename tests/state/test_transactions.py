@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from reflow_microsandbox.sandbox.base import SandboxError
+from reflow_microsandbox.errors import StateError
 from reflow_microsandbox.state import RedisStore, SqliteStore, StateStore
 
 
@@ -104,15 +104,15 @@ async def test_increment_counts_from_zero_and_adds_to_stored_numbers(store: Stat
 async def test_script_mistakes_are_script_errors_and_write_nothing(store: StateStore) -> None:
     async with store.transaction("default", "a") as tx:
         await tx.set("name", "text")
-        with pytest.raises(SandboxError) as caught:
+        with pytest.raises(StateError) as caught:
             await tx.set("bad", float("nan"))
         assert caught.value.kind == "script_error"
         assert "set_state('bad')" in caught.value.message
-        with pytest.raises(SandboxError) as caught:
+        with pytest.raises(StateError) as caught:
             await tx.increment("name")
         assert caught.value.kind == "script_error"
         assert "only numbers can be incremented" in caught.value.message
-        with pytest.raises(SandboxError) as caught:
+        with pytest.raises(StateError) as caught:
             await tx.get(42)  # type: ignore[arg-type]
         assert caught.value.kind == "script_error"
     assert await read(store, "bad") == "<missing>"
@@ -165,7 +165,7 @@ async def test_waiting_for_a_held_lock_ends_in_a_clear_state_error(store: StateS
     try:
         for contender in (store, other_process):
             tx = contender.transaction("default", "busy")
-            with pytest.raises(SandboxError) as caught:
+            with pytest.raises(StateError) as caught:
                 await tx.set("k", 1)
             assert caught.value.kind == "state_error"
             assert "waiting for the state lock of actor default:busy" in caught.value.message
@@ -207,7 +207,7 @@ async def test_a_finished_transaction_refuses_more_state_calls(store: StateStore
     await tx.set("k", 1)
     await tx.commit()
     await tx.commit()  # a second commit is a no-op
-    with pytest.raises(SandboxError) as caught:
+    with pytest.raises(StateError) as caught:
         await tx.get("k")
     assert caught.value.kind == "state_error"
     assert "finished" in caught.value.message

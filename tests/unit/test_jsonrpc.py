@@ -10,8 +10,8 @@ from pydantic import BaseModel, StrictInt, StrictStr
 
 from reflow_microsandbox import jsonrpc
 from reflow_microsandbox.dispatch import Dispatcher
+from reflow_microsandbox.errors import SandboxError
 from reflow_microsandbox.jsonrpc import Request, RpcError
-from reflow_microsandbox.sandbox.base import SandboxError
 
 
 class EchoParams(BaseModel):

@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
-from reflow_microsandbox.sandbox.base import ActorSource, CallContext, SandboxError
+from reflow_microsandbox.errors import SandboxError
 from reflow_microsandbox.sandbox.frames import FrameDecoder, encode_frame
 from reflow_microsandbox.sandbox.runner_client import RunnerClient
+from reflow_microsandbox.vocabulary import ActorSource, CallContext
 
 ACTOR = ActorSource("a", "ns", "python", "def process(context): pass")
 

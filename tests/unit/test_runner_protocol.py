@@ -15,7 +15,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reflow_microsandbox.sandbox.base import ActorSource, CallContext, SandboxError
+from reflow_microsandbox.errors import StateError
 from reflow_microsandbox.sandbox.runner_protocol import (
     STRAY_LIMIT,
     CallEnding,
@@ -27,6 +27,7 @@ from reflow_microsandbox.sandbox.runner_protocol import (
     StateRequest,
     Stray,
 )
+from reflow_microsandbox.vocabulary import ActorSource, CallContext
 
 ACTOR = ActorSource(name="t", namespace="tests", language="python", source="", filename="t.py")
 CONTEXT = CallContext(actor_id="t", namespace="tests", payload={"x": 1})
@@ -209,7 +210,7 @@ def test_a_failed_store_fails_the_call_at_its_end() -> None:
                                  "key": "k", "value": 1}))
     [request] = protocol.events_received()
     assert isinstance(request, StateRequest)
-    protocol.fail_state(request, SandboxError("state_error", "the store is down"))
+    protocol.fail_state(request, StateError("the store is down"))
     assert b"the store is down" in protocol.data_to_send()
     protocol.receive_data(frame({"type": "result", "call": call, "outputs": {}}))
     finished = finish(protocol)[-1]

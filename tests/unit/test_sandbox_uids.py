@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from reflow_microsandbox.sandbox.base import SandboxError
+from reflow_microsandbox.errors import SandboxError
 from reflow_microsandbox.sandbox.bubblewrap import UID_BASE, UIDS_PER_PROCESS, uid_base
 
 HOST_MAP = "         0          0 4294967295\n"
