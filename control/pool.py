@@ -97,6 +97,7 @@ class _Bound:
     calls: int = 0
     last_used: float = field(default_factory=time.monotonic)
     discard_reason: str | None = None  # set when it must go as soon as it is released
+    started: bool = False  # handed over with its waiter's call already sent (start_call)
 
 
 @dataclass(eq=False)
@@ -150,6 +151,11 @@ class _LanguagePool:
         self.failed_warm_ups = 0  # in a row; the retry waits 1, 2, 4 ... 30 s
 
 
+_Queued = tuple[float, ActorSource, CallContext | None, EventSink | None]
+"""A waiting call: its acquire deadline (loop time), its actor, and the call to send
+as soon as a sandbox is handed to it (None: the caller sends it itself)."""
+
+
 class SandboxPool:
     """Hands out sandboxes bound to actors; see the module docstring."""
 
@@ -169,7 +175,7 @@ class SandboxPool:
         self._reaper: asyncio.Task[None] | None = None
         # Calls waiting for a sandbox, oldest first, with their acquire deadline (loop
         # time): one timer for all of them (:meth:`_expire_waiters`), not one per call.
-        self._queued: dict[asyncio.Future[_Bound], tuple[float, ActorSource]] = {}
+        self._queued: dict[asyncio.Future[_Bound], _Queued] = {}
         self._expiry: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -252,7 +258,8 @@ class SandboxPool:
 
         ``timeout`` (seconds) shortens the call's limit below ``sandbox.call_timeout``.
         """
-        member = await self._acquire(actor)
+        member = await self._acquire(actor, context, events)
+        member.started = False  # call() below waits for a call start_call() sent
         limit = self._settings.call_timeout
         if timeout is not None:
             limit = min(limit, timeout)
@@ -336,7 +343,12 @@ class SandboxPool:
                 self._languages[actor.language].waiting[group] = None
         return group
 
-    async def _acquire(self, actor: ActorSource) -> _Bound:
+    async def _acquire(
+        self,
+        actor: ActorSource,
+        context: CallContext | None = None,
+        events: EventSink | None = None,
+    ) -> _Bound:
         if self._closing:
             raise PoolError("unavailable", "the server is shutting down")
         group = self._group_for(actor)
@@ -370,7 +382,7 @@ class SandboxPool:
         self._languages[actor.language].waiting[group] = None
         self._schedule_growth(actor.language)
         deadline = loop.time() + settings.acquire_timeout
-        self._queued[waiter] = (deadline, actor)
+        self._queued[waiter] = (deadline, actor, context, events)
         if self._expiry is None:
             self._expiry = loop.call_at(deadline, self._expire_waiters)
         try:
@@ -397,7 +409,7 @@ class SandboxPool:
         queued = self._queued
         settings = self._settings.pool
         while queued:
-            waiter, (deadline, actor) = next(iter(queued.items()))
+            waiter, (deadline, actor, _, _) = next(iter(queued.items()))
             if deadline > now:
                 self._expiry = loop.call_at(deadline, self._expire_waiters)
                 return
@@ -419,7 +431,10 @@ class SandboxPool:
         with contextlib.suppress(ValueError):
             group.waiters.remove(waiter)
         if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-            self._release(waiter.result())
+            member = waiter.result()
+            if member.started:  # its call was sent: the runner's state is unknown now
+                member.discard_reason = member.discard_reason or "cancelled"
+            self._release(member)
         elif not waiter.done():
             waiter.cancel()
 
@@ -613,6 +628,11 @@ class SandboxPool:
             if not waiter.done():
                 member.busy = True
                 waiter.set_result(member)
+                # Send the waiter's call now: the runner would otherwise sit idle until
+                # the waiter's task runs, a loop round or two later.
+                queued = self._queued.get(waiter)
+                if queued is not None and queued[2] is not None and queued[3] is not None:
+                    member.started = member.sandbox.start_call(queued[2], queued[3])
                 return
         member.busy = False
         group.idle.append(member)

@@ -81,6 +81,7 @@ class RunnerClient(asyncio.Protocol):
         self._sink: EventSink | None = None
         self._retire_logged = False
         self._strays_seen = 0
+        self._started: CallContext | None = None  # sent by start_call(), not yet awaited
         self._call_task: asyncio.Task[Any] | None = None  # the task awaiting call()
         self._deadline = 0.0  # loop time the running call must end by
         self._timer: asyncio.TimerHandle | None = None  # the runner's one call timer
@@ -194,12 +195,15 @@ class RunnerClient(asyncio.Protocol):
         pushes to a slow client), as ``asyncio.timeout`` would, but with one timer per
         runner instead of one per call (:meth:`_arm_deadline`).
         """
-        if self.broken:
-            raise SandboxError("crashed", f"{self._label} is no longer usable")
-        self._events.clear()
-        self._protocol.send_call(context)
-        self._sink = events
-        self._pump()
+        if self._started is context:
+            self._started = None  # already sent by start_call(): its events may be queued
+        else:
+            if self.broken:
+                raise SandboxError("crashed", f"{self._label} is no longer usable")
+            self._events.clear()
+            self._protocol.send_call(context)
+            self._sink = events
+            self._pump()
         loop = self._loop
         if loop is None:  # looked up once: get_running_loop() costs a getpid(2)
             loop = self._loop = asyncio.get_running_loop()
@@ -224,6 +228,19 @@ class RunnerClient(asyncio.Protocol):
         if finished.error is not None:
             raise finished.error
         return cast(dict[str, JSON], finished.value)
+
+    def start_call(self, context: CallContext, events: EventSink) -> bool:
+        """Send the call frame now; :meth:`call` with the same ``context`` then waits
+        for it (its time limit starts there). False (nothing sent) when the runner is
+        broken or a call was already started and not yet awaited."""
+        if self.broken or self._started is not None or self._sink is not None:
+            return False
+        self._events.clear()
+        self._protocol.send_call(context)
+        self._sink = events
+        self._started = context
+        self._pump()
+        return True
 
     def _arm_deadline(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
         """Set the running call's deadline; the runner's one timer fires at or before it.

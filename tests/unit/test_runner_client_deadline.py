@@ -1,4 +1,5 @@
-"""The call time limit of :class:`RunnerClient`: one timer per runner, not one per call.
+"""The call time limit of :class:`RunnerClient` (one timer per runner, not one per call),
+and a call sent ahead by ``start_call`` (what the pool does as it hands a sandbox over).
 
 The other end of the socket pair is a scripted runner written here (a fake, on
 purpose: it answers or stays silent exactly when the test says, which a real runner
@@ -127,3 +128,24 @@ async def test_the_timer_rests_between_calls_and_an_idle_runner_is_not_harmed(
     await asyncio.sleep(0.3)  # the timer fires with no call running
     assert not client.broken
     assert await call(client, answer=True, timeout=5) == {"ok": 1}
+
+
+async def test_a_call_started_ahead_is_answered_to_the_call_that_awaits_it(
+    client: RunnerClient,
+) -> None:
+    """The pool sends a waiting call's frame as it hands the sandbox over
+    (``start_call``); the call's own ``call()`` then waits for that answer."""
+    context = CallContext("a", "ns", payload={"answer": True})
+    assert client.start_call(context, _NoEvents())
+    assert not client.start_call(CallContext("a", "ns"), _NoEvents())  # one at a time
+    await asyncio.sleep(0.05)  # the answer may well arrive before call() is awaited
+    assert await client.call(context, _NoState(), _NoEvents(), timeout=5) == {"ok": 1}
+    assert await call(client, answer=True, timeout=5) == {"ok": 1}  # and it goes on
+
+
+async def test_a_call_started_ahead_keeps_its_time_limit(client: RunnerClient) -> None:
+    context = CallContext("a", "ns", payload={"answer": False})
+    assert client.start_call(context, _NoEvents())
+    with pytest.raises(SandboxError) as caught:
+        await client.call(context, _NoState(), _NoEvents(), timeout=0.2)
+    assert caught.value.kind == "timeout"
