@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from null_handlers import NullHandlers  # bench/ is sys.path[0] when run
 
 from reflow_microsandbox.config import SandboxConfig
-from reflow_microsandbox.sandbox.docker_backend import DockerBackend
+from reflow_microsandbox.sandbox.docker.backend import DockerBackend
 from reflow_microsandbox.vocabulary import ActorSource, CallContext, Language
 
 ACTORS: dict[Language, str] = {

@@ -26,8 +26,8 @@ from null_handlers import NullHandlers  # bench/ is sys.path[0] when run
 from reflow_microsandbox.config import SandboxConfig
 from reflow_microsandbox.pool import SandboxPool
 from reflow_microsandbox.sandbox.base import Backend, Sandbox
-from reflow_microsandbox.sandbox.bubblewrap import BubblewrapBackend
-from reflow_microsandbox.sandbox.limits import descendants, smaps_rollup
+from reflow_microsandbox.sandbox.bubblewrap.backend import BubblewrapBackend
+from reflow_microsandbox.sandbox.bubblewrap.procfs import descendants, smaps_rollup
 from reflow_microsandbox.vocabulary import ActorSource, CallContext, Language
 
 TRIVIAL = {

@@ -28,14 +28,14 @@ here (``tests/unit/test_errors.py`` checks that this tree and the code agree):
     * :exc:`ProtocolError` (here): bytes from a peer break the format they claim
         * :exc:`FrameError` (``sandbox.frames``): a runner's frame stream
             * :exc:`FrameTooLarge`
-        * :exc:`DemuxError` (``sandbox.docker_attach``; also a ``ValueError``): the
+        * :exc:`DemuxError` (``sandbox.docker.attach``; also a ``ValueError``): the
           Docker engine's attach stream
         * :exc:`CompressionError` (``compression``; also a ``ValueError``): a zstd
           stream
             * :exc:`DecompressedTooLarge`
     * :exc:`HostError` (here): the host lacks what a backend needs
-        * :exc:`CgroupsUnusable` (``sandbox.limits``)
-        * :exc:`DelegationError` (``sandbox.cgroup_v2``; also a ``LookupError``)
+        * :exc:`CgroupsUnusable` (``sandbox.bubblewrap.cgroups``)
+        * :exc:`DelegationError` (``sandbox.bubblewrap.cgroup_v2``; also a ``LookupError``)
     * :exc:`DeployError` (``functions.model``): a deploy that cannot be served
     * :exc:`DependencyError` (``functions.dependencies``; also a ``ValueError``)
     * :exc:`InstallError` (``functions.installer``)

@@ -6,7 +6,8 @@ limit; the server logs them at start and exports them as the gauge
 enforced, 0 for ``mechanism="none"``), so an operator can see, and alert on, a limit
 the host does not give.
 
-What each mechanism means for bubblewrap sandboxes (``limits.py``):
+What each mechanism means for bubblewrap sandboxes (``bubblewrap/cgroups.py``,
+``bubblewrap/rlimits.py``):
 
 ============  ======================  ==========================================
 limit         with cgroups            rlimits alone (``allow_rlimits_only``)

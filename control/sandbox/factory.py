@@ -9,9 +9,9 @@ from .base import Backend
 def create_backend(config: Config) -> Backend:
     """The :class:`Backend` for ``config.sandbox.backend`` (not yet started)."""
     if config.sandbox.backend == "docker":
-        from .docker_backend import DockerBackend
+        from .docker.backend import DockerBackend
 
         return DockerBackend(config.sandbox)
-    from .bubblewrap import BubblewrapBackend
+    from .bubblewrap.backend import BubblewrapBackend
 
     return BubblewrapBackend(config.sandbox)

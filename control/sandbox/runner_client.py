@@ -10,7 +10,7 @@ events pile up); frames that arrive outside their call are dropped as they arriv
 with the actor's name and counted in :attr:`RunnerClient.stray_frames`.
 
 Both backends use it: bubblewrap connects it to a socket pair, Docker to the container's
-attached stdout (through the demultiplexer of :mod:`.docker_attach`). It never kills
+attached stdout (through the demultiplexer of :mod:`.docker.attach`). It never kills
 anything itself: once :attr:`broken` (or no longer :attr:`usable`) the backend disposes of
 the runner.
 """

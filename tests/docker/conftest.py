@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from reflow_microsandbox.config import SandboxConfig
-from reflow_microsandbox.sandbox.docker_backend import DockerBackend
+from reflow_microsandbox.sandbox.docker.backend import DockerBackend
 from tests.conftest import REPO_ROOT
 
 from .images import require_docker_images

@@ -23,8 +23,8 @@ import pytest
 
 from reflow_microsandbox.config import SandboxConfig
 from reflow_microsandbox.errors import SandboxError
-from reflow_microsandbox.sandbox.docker_backend import DockerBackend
-from reflow_microsandbox.sandbox.docker_owner import OWNER, Owner, process_start_time
+from reflow_microsandbox.sandbox.docker.backend import DockerBackend
+from reflow_microsandbox.sandbox.docker.owner import OWNER, Owner, process_start_time
 from reflow_microsandbox.vocabulary import ActorSource, CallContext, Language
 from tests.runtime.helpers import DictState, Events
 
@@ -361,7 +361,7 @@ async def test_no_container_remains_after_the_backend_closes(
 
 CONTROL_PLANE = """
 import asyncio, sys
-from reflow_microsandbox.sandbox.docker_backend import DockerBackend
+from reflow_microsandbox.sandbox.docker.backend import DockerBackend
 from tests.docker.conftest import small_settings
 
 async def main():

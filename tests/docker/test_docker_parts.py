@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from reflow_microsandbox.sandbox.docker_attach import (
+from reflow_microsandbox.sandbox.docker.attach import (
     STDERR,
     STDOUT,
     DemuxError,
@@ -20,7 +20,7 @@ from reflow_microsandbox.sandbox.docker_attach import (
     StdStreamDemuxer,
     end_marker,
 )
-from reflow_microsandbox.sandbox.docker_owner import (
+from reflow_microsandbox.sandbox.docker.owner import (
     OWNER_BOOT,
     OWNER_PID,
     OWNER_START,

@@ -9,7 +9,7 @@ import pytest
 
 from reflow_microsandbox.config import PoolConfig, PoolLanguageConfig, SandboxConfig
 from reflow_microsandbox.pool import SandboxPool
-from reflow_microsandbox.sandbox.bubblewrap import BubblewrapBackend
+from reflow_microsandbox.sandbox.bubblewrap.backend import BubblewrapBackend
 from reflow_microsandbox.vocabulary import ActorSource, CallContext
 
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from reflow_microsandbox.pool import SandboxPool
-from reflow_microsandbox.sandbox.bubblewrap import BubblewrapBackend
+from reflow_microsandbox.sandbox.bubblewrap.backend import BubblewrapBackend
 from reflow_microsandbox.vocabulary import ActorSource
 from tests.runtime.helpers import DictState, Events
 

@@ -15,7 +15,7 @@ from typing import Any
 from reflow_microsandbox.errors import SandboxError
 from reflow_microsandbox.pool import WARMING_AT_ONCE, SandboxPool
 from reflow_microsandbox.sandbox.base import Backend, Sandbox
-from reflow_microsandbox.sandbox.bubblewrap import BubblewrapBackend
+from reflow_microsandbox.sandbox.bubblewrap.backend import BubblewrapBackend
 from reflow_microsandbox.sandbox.enforced import EnforcedLimit
 from reflow_microsandbox.vocabulary import Language
 

@@ -2,7 +2,7 @@
 
 All of it comes from ``/proc``, ``/sys/fs/cgroup`` and the Docker CLI, not from the
 node's own reports, so a leak the node does not know about still shows. Cgroup
-paths follow ``control/sandbox/limits.py``: each control plane makes a parent
+paths follow ``control/sandbox/bubblewrap/cgroups.py``: each control plane makes a parent
 ``reflow-microsandbox-<pid>-<n>`` under its own cgroup, one child per sandbox.
 """
 

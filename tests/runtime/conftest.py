@@ -15,7 +15,7 @@ import pytest
 from reflow_microsandbox.config import SandboxConfig
 from reflow_microsandbox.errors import SandboxError
 from reflow_microsandbox.sandbox.base import Backend
-from reflow_microsandbox.sandbox.bubblewrap import BubblewrapBackend
+from reflow_microsandbox.sandbox.bubblewrap.backend import BubblewrapBackend
 
 from .helpers import TEST_SETTINGS
 
@@ -26,7 +26,7 @@ def make_bubblewrap(settings: SandboxConfig) -> Backend:
 
 def make_docker(settings: SandboxConfig) -> Backend:
     """Skips with docker_unavailable_reason() without an engine; builds the images (cached)."""
-    from reflow_microsandbox.sandbox.docker_backend import DockerBackend
+    from reflow_microsandbox.sandbox.docker.backend import DockerBackend
     from tests.docker.images import require_docker_images
 
     require_docker_images()

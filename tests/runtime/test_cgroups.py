@@ -19,7 +19,7 @@ import pytest
 
 from reflow_microsandbox.config import SandboxConfig
 from reflow_microsandbox.errors import SandboxError
-from reflow_microsandbox.sandbox.bubblewrap import BubblewrapBackend, BubblewrapSandbox
+from reflow_microsandbox.sandbox.bubblewrap.backend import BubblewrapBackend, BubblewrapSandbox
 
 from .helpers import EXAMPLES, TEST_SETTINGS, call, loaded
 

@@ -17,7 +17,7 @@ import pytest
 
 from reflow_microsandbox.config import SandboxConfig
 from reflow_microsandbox.errors import SandboxError
-from reflow_microsandbox.sandbox.bubblewrap import BubblewrapBackend
+from reflow_microsandbox.sandbox.bubblewrap.backend import BubblewrapBackend
 
 from .helpers import TEST_SETTINGS, call, loaded
 

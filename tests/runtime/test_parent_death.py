@@ -14,7 +14,7 @@ CONTROL_PLANE = """
 import asyncio
 from reflow_microsandbox.config import SandboxConfig
 from reflow_microsandbox.vocabulary import ActorSource, CallContext
-from reflow_microsandbox.sandbox.bubblewrap import BubblewrapBackend
+from reflow_microsandbox.sandbox.bubblewrap.backend import BubblewrapBackend
 from tests.runtime.helpers import DictState, Events
 
 SPIN = "import os\\n@actor\\ndef process(context):\\n    os.fork()\\n    while True: pass\\n"
@@ -29,7 +29,7 @@ async def main():
     await asyncio.sleep(0.5)  # the script is spinning and has forked: it reads no pipe
     idle = await backend.spawn("nodejs")
     pids = busy.pids + idle.pids
-    from reflow_microsandbox.sandbox.limits import descendants
+    from reflow_microsandbox.sandbox.bubblewrap.procfs import descendants
     pids = sorted(set(pids) | set(descendants(busy.pids[0])))
     print(" ".join(str(pid) for pid in pids), flush=True)
     await call

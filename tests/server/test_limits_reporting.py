@@ -8,7 +8,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from reflow_microsandbox.sandbox.bubblewrap import BubblewrapBackend
+from reflow_microsandbox.sandbox.bubblewrap.backend import BubblewrapBackend
 from reflow_microsandbox.server import Server
 
 from .conftest import StartServer, make_config

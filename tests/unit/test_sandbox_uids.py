@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from reflow_microsandbox.errors import SandboxError
-from reflow_microsandbox.sandbox.bubblewrap import UID_BASE, UIDS_PER_PROCESS, uid_base
+from reflow_microsandbox.sandbox.bubblewrap.uids import UID_BASE, UIDS_PER_PROCESS, uid_base
 
 HOST_MAP = "         0          0 4294967295\n"
 POD_MAP = "         0  983040000      65536\n"  # what the kubelet gives a hostUsers: false pod

@@ -8,18 +8,18 @@ reaps slowly). The order is checked directly; tests/runtime start sandboxes for 
 
 from __future__ import annotations
 
-from reflow_microsandbox.sandbox.bubblewrap import UIDS_PER_PROCESS, _UidPool
+from reflow_microsandbox.sandbox.bubblewrap.uids import UIDS_PER_PROCESS, UidPool
 
 
 def test_a_freed_uid_is_not_handed_out_while_fresh_ones_remain() -> None:
-    pool = _UidPool()
+    pool = UidPool()
     first = pool.take()
     pool.give_back(first)
     assert pool.take() != first
 
 
 def test_once_every_slot_was_used_the_longest_freed_uid_comes_back_first() -> None:
-    pool = _UidPool()
+    pool = UidPool()
     taken = [pool.take() for _ in range(UIDS_PER_PROCESS)]
     assert len(set(taken)) == UIDS_PER_PROCESS
     pool.give_back(taken[10])

@@ -25,7 +25,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from typing import cast
 
-from ..errors import ProtocolError
+from ...errors import ProtocolError
 
 HEADER = struct.Struct(">BxxxL")
 STDIN, STDOUT, STDERR = 0, 1, 2

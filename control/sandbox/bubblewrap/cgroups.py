@@ -1,22 +1,18 @@
-"""Resource limits of a sandbox: cgroups where the host offers them, rlimits always.
+"""cgroups of bubblewrap sandboxes, where the host offers them.
 
 cgroups (v2, or the v1 hybrid layout with separate ``memory``, ``cpu`` and ``pids``
 hierarchies) give the real limits: memory without swap, a CPU quota, a process
 count, an OOM-kill counter that tells "memory" from "crashed", and the memory
 figure for the metric. One parent cgroup per backend, one child per sandbox, both
 removed on close: on v1 below the control plane's own cgroup, on v2 beside the leaf
-the control plane moves itself into (``cgroup_v2.py``: the layout systemd expects
+the control plane moves itself into (:mod:`.cgroup_v2`: the layout systemd expects
 of a ``Delegate=yes`` service). When the host gives no usable hierarchy,
 :class:`CgroupsUnusable` says why, and the backend refuses to start unless
-``sandbox.allow_rlimits_only`` is set (see ``enforced.py`` for what then holds).
-
-rlimits are the floor, set by util-linux ``prlimit`` right before bwrap runs, so
-the runner and all it starts inherit them. The cgroup is joined once the runner
-reported ready: only trusted runner code has run by then, and whatever the
-script starts later is born inside it. ``RLIMIT_NPROC`` counts processes per
-*user*, so every sandbox runs as its own host uid (see ``bubblewrap.py``): with
-one shared uid, one fork bomb would starve every other sandbox, and for host
-root the limit is not enforced at all.
+``sandbox.allow_rlimits_only`` is set (see ``sandbox/enforced.py`` for what then holds).
+The figures come from :class:`~.limits.Limits`; the rlimits that always apply besides
+are in :mod:`.rlimits`. The cgroup is joined once the runner reported ready: only
+trusted runner code has run by then, and whatever the script starts later is born
+inside it.
 """
 
 from __future__ import annotations
@@ -25,124 +21,19 @@ import contextlib
 import itertools
 import logging
 import os
-import resource
 import signal
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import SandboxConfig
-from ..errors import HostError
-from ..vocabulary import Language
+from ...errors import HostError
 from . import cgroup_v2
+from .limits import Limits
 
 log = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CPU_PERIOD_US = 100_000
-# Processes and threads the runtime itself needs besides what the script starts:
-# bwrap (outside and as the namespace's init) and the interpreter's own threads.
-RUNTIME_TASKS: dict[Language, int] = {"python": 4, "nodejs": 16}
 _counter = itertools.count()
-
-
-@dataclass(frozen=True)
-class Limits:
-    """The numbers every mechanism is derived from."""
-
-    memory_bytes: int
-    cpu_limit: float
-    tasks: int
-    open_files: int
-    file_size_bytes: int
-    address_space_bytes: int | None
-
-    @classmethod
-    def for_language(cls, settings: SandboxConfig, language: Language) -> Limits:
-        memory = settings.memory_mb * 1024 * 1024
-        return cls(
-            memory_bytes=memory,
-            cpu_limit=settings.cpu_limit,
-            tasks=settings.max_processes + RUNTIME_TASKS[language],
-            open_files=settings.max_open_files,
-            file_size_bytes=settings.max_file_size_mb * 1024 * 1024,
-            # V8 reserves large virtual ranges up front: Node is bounded by
-            # --max-old-space-size and the cgroup instead.
-            address_space_bytes=memory if language == "python" else None,
-        )
-
-    def rlimits(self) -> list[tuple[int, int]]:
-        """(resource, value) pairs; soft and hard limits are set alike."""
-        pairs = [
-            (resource.RLIMIT_NPROC, self.tasks),
-            (resource.RLIMIT_NOFILE, self.open_files),
-            (resource.RLIMIT_FSIZE, self.file_size_bytes),
-            (resource.RLIMIT_CORE, 0),
-        ]
-        if self.address_space_bytes is not None:
-            pairs.append((resource.RLIMIT_AS, self.address_space_bytes))
-        return pairs
-
-
-_PRLIMIT_NAMES = {
-    resource.RLIMIT_NPROC: "nproc",
-    resource.RLIMIT_NOFILE: "nofile",
-    resource.RLIMIT_FSIZE: "fsize",
-    resource.RLIMIT_CORE: "core",
-    resource.RLIMIT_AS: "as",
-}
-
-
-def prlimit_command(limits: Limits, prlimit: str = "prlimit") -> list[str]:
-    """An argv prefix (util-linux ``prlimit``) that starts the sandbox under its rlimits.
-
-    The limits are set before bwrap runs, so they hold from the first instruction.
-    Setting them afterwards with ``prlimit(2)`` needs CAP_SYS_RESOURCE over the
-    sandbox's user namespace, which the control plane may lack (containers drop it),
-    and a ``preexec_fn`` is not safe in a threaded asyncio process.
-    """
-    argv = [prlimit]
-    for which, value in limits.rlimits():
-        argv.append(f"--{_PRLIMIT_NAMES[which]}={value}:{value}")
-    argv.append("--")
-    return argv
-
-
-def descendants(pid: int) -> list[int]:
-    """``pid`` and every process below it, parents first (read from /proc)."""
-    found = [pid]
-    index = 0
-    while index < len(found) and len(found) < 4096:
-        current = found[index]
-        index += 1
-        with contextlib.suppress(OSError):
-            for task in os.listdir(f"/proc/{current}/task"):
-                with contextlib.suppress(OSError):
-                    children = Path(f"/proc/{current}/task/{task}/children").read_text()
-                    found.extend(int(child) for child in children.split())
-    return found
-
-
-def rss_bytes(pids: Iterable[int]) -> int:
-    """Resident memory of these processes (from /proc/PID/statm)."""
-    page = os.sysconf("SC_PAGE_SIZE")
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
-    return total
-
-
-def smaps_rollup(pid: int) -> dict[str, int]:
-    """``Rss``, ``Pss`` and friends of one process, in bytes."""
-    result: dict[str, int] = {}
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
-            name, _, rest = line.partition(":")
-            parts = rest.split()
-            if parts and parts[0].isdigit():
-                result[name.strip()] = int(parts[0]) * 1024
-    return result
 
 
 def _write(path: Path, value: str | int) -> None:

@@ -2,9 +2,9 @@
 
 Each sandbox is a container started with no network, a read-only root, a size-capped tmpfs
 ``/tmp``, every capability dropped, ``no-new-privileges``, the engine's default seccomp
-profile, an unprivileged user, and pids/memory(+swap)/CPU limits (:mod:`.docker_engine`).
+profile, an unprivileged user, and pids/memory(+swap)/CPU limits (:mod:`.engine`).
 The runner inside speaks the same frames as under bubblewrap, over the container's own
-stdin/stdout attached through the engine (:mod:`.docker_attach`): no bind mounts, so the
+stdin/stdout attached through the engine (:mod:`.attach`): no bind mounts, so the
 images also serve a control plane that itself runs in a container. The one exception is
 package folders (``sandbox.package_dirs`` and a deployed function's dependencies), bound
 read-only at the same path: they are paths on the engine's host, so a control plane in a
@@ -14,7 +14,7 @@ the runners are started with ``--end-marker`` and a call ends once its marker ha
 through stderr, with everything before it delivered as the call's logs.
 
 The blocking SDK runs in threads and only when a sandbox is created or removed; a call is
-the runner pipe alone. Containers are labelled with their owner (:mod:`.docker_owner`):
+the runner pipe alone. Containers are labelled with their owner (:mod:`.owner`):
 ``start()`` removes what a dead predecessor left behind, ``close()`` removes our own, and
 the engine closes a runner's stdin when its owner dies, so the runner exits by itself.
 """
@@ -27,9 +27,9 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..config import SandboxConfig
-from ..errors import CallError, SandboxError
-from ..vocabulary import (
+from ...config import SandboxConfig
+from ...errors import CallError, SandboxError
+from ...vocabulary import (
     JSON,
     LANGUAGES,
     ActorSource,
@@ -39,14 +39,14 @@ from ..vocabulary import (
     Language,
     StateHandler,
 )
-from . import docker_engine as engine
-from . import enforced
-from .base import Backend, Sandbox
-from .docker_attach import EndMarkerScanner, open_attached_streams
-from .docker_cgroup import MemoryCgroup, find_memory_cgroup
-from .docker_owner import Owner
-from .enforced import EnforcedLimit
-from .runner_client import RunnerClient
+from .. import enforced
+from ..base import Backend, Sandbox
+from ..enforced import EnforcedLimit
+from ..runner_client import RunnerClient
+from . import engine
+from .attach import EndMarkerScanner, open_attached_streams
+from .cgroup import MemoryCgroup, find_memory_cgroup
+from .owner import Owner
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ..errors import HostError
+from ...errors import HostError
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import os
 import re
 import subprocess
 
-from ..vocabulary import Language
+from ...vocabulary import Language
 
 _LIB_PATH = re.compile(r"(/\S+) \(0x")
 

@@ -3,7 +3,7 @@
 Everything here talks to the engine through the ``docker`` SDK and blocks, so the backend
 calls it through ``asyncio.to_thread`` and only at the edges of a sandbox's life (create,
 start, inspect after death, remove). Calls themselves never touch the engine: they go over
-the container's attached stdin/stdout (see :mod:`.docker_attach`).
+the container's attached stdin/stdout (see :mod:`.attach`).
 """
 
 from __future__ import annotations
@@ -20,16 +20,13 @@ import docker.errors
 from docker.client import DockerClient, from_env
 from docker.types import LogConfig, Ulimit
 
-from ..config import SandboxConfig
-from ..errors import SandboxError
-from ..vocabulary import Language
-from .docker_owner import LANGUAGE, MANAGED, OWNER, Owner
+from ...config import SandboxConfig
+from ...errors import SandboxError
+from ...runners import NODE_RUNNER, PYTHON_RUNNER
+from ...vocabulary import Language
+from .owner import LANGUAGE, MANAGED, OWNER, Owner
 
-RUNNERS_DIR = Path(__file__).resolve().parent.parent / "runners"
-RUNNER_FILES: dict[Language, Path] = {
-    "python": RUNNERS_DIR / "python_runner.py",
-    "nodejs": RUNNERS_DIR / "node_runner.js",
-}
+RUNNER_FILES: dict[Language, Path] = {"python": PYTHON_RUNNER, "nodejs": NODE_RUNNER}
 RUNNER_LABEL = "io.reflow.microsandbox.runner-sha256"
 BUILD_HINT = "scripts/build-images.sh builds it"
 SANDBOX_UID = "10001:10001"

@@ -1,25 +1,10 @@
-"""The namespace backend: each sandbox is a runner under ``bwrap`` (Debian's bubblewrap).
+"""The bubblewrap backend's process handling: one sandbox, and the backend that spawns them.
 
-What a sandbox gets, and why:
-
-- every namespace unshared (user, pid, net, ipc, uts, cgroup, mount): its own
-  loopback only, its own ``/proc`` showing only its own processes;
-- a host uid of its own (``bwrap`` runs as ``UID_BASE + slot``, uid 65534 inside):
-  never host root, and ``RLIMIT_NPROC`` counts per sandbox (see ``limits.py``);
-- a root filesystem of nothing but, read-only: the interpreter binary and what
-  it needs, asked of the interpreter on this host (``host_view.py``: the folders of
-  the libraries it links, Python's stdlib, the folders Debian's Node loads its
-  builtins from), the runner file, configured ``package_dirs``;
-  plus a size-capped private tmpfs ``/tmp`` and a minimal ``/dev``; the root and
-  ``/dev`` are remounted read-only, so ``/tmp`` is the only writable place;
-- a cleared environment (``--clearenv``): no server secret or Redis password;
-- ``--new-session``, ``--die-with-parent``, ``--cap-drop ALL``, no_new_privs (bwrap
-  always sets it), and the seccomp filter of ``seccomp.py``;
-- memory, CPU, process, file and core limits from ``limits.py``.
-
-The runner speaks frames over a socket pair passed as an extra descriptor; its
-fd 1/2 lead to a second socket pair whose bytes become log events, so nothing a
-script writes can corrupt the protocol.
+A :class:`BubblewrapSandbox` is the bwrap process with its runner client, cgroup, uid
+and capture pump; the :class:`BubblewrapBackend` checks the host, prepares cgroups and
+the runners, and spawns sandboxes. The pure parts are elsewhere: the command line in
+:mod:`.argv`, the figures in :mod:`.limits`; what a sandbox gets is listed in the
+package's docstring (:mod:`..bubblewrap`).
 """
 
 from __future__ import annotations
@@ -35,15 +20,14 @@ import socket
 import subprocess
 import tempfile
 import uuid
-from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from subprocess import Popen
 
-from ..config import SandboxConfig
-from ..errors import CallError, SandboxError
-from ..runners import NODE_RUNNER, PYTHON_RUNNER
-from ..vocabulary import (
+from ...config import SandboxConfig
+from ...errors import CallError, SandboxError
+from ...runners import NODE_RUNNER, PYTHON_RUNNER
+from ...vocabulary import (
     JSON,
     ActorSource,
     CallContext,
@@ -52,28 +36,25 @@ from ..vocabulary import (
     Language,
     StateHandler,
 )
-from . import enforced, seccomp
-from .base import Backend, Sandbox
-from .enforced import EnforcedLimit
+from .. import enforced
+from ..base import Backend, Sandbox
+from ..enforced import EnforcedLimit
+from ..runner_client import RunnerClient
+from . import seccomp
+from .argv import RUNNER_DIR, bwrap_argv
+from .capture import CapturePump
+from .cgroups import CGROUP_ROOT, CgroupManager, CgroupsUnusable, SandboxCgroup
 from .host_view import HostLayout, missing_folders
-from .limits import (
-    CGROUP_ROOT,
-    CgroupManager,
-    CgroupsUnusable,
-    Limits,
-    SandboxCgroup,
-    descendants,
-    prlimit_command,
-    rss_bytes,
-)
-from .runner_client import RunnerClient
+from .limits import Limits
+from .procfs import descendants, rss_bytes
+from .rlimits import prlimit_command
+from .uids import UIDS
 
 log = logging.getLogger(__name__)
 
-RUNNER_DIR = "/runner"
-SANDBOX_UID = 65534
-UID_BASE = 1_900_000_000
-"""Host uids of sandboxes: ``UID_BASE + (pid % 4096) * 4096 + slot``, unused by any account."""
+_PROBED: set[object] = set()
+"""Views (interpreter, bwrap argv, cgroup version) whose sandbox started in this process."""
+
 READY_TIMEOUT = 15.0
 _MEMORY_SIGNS = (
     "heap out of memory",
@@ -83,82 +64,6 @@ _MEMORY_SIGNS = (
 )
 # Native backtrace lines (Node's abort report) that would hide the message above them.
 _BACKTRACE = re.compile(r"^\s*(\d+: 0x[0-9a-f]+|-{3,} Native stack trace)")
-_PROBED: set[object] = set()
-"""Views (interpreter, bwrap argv, cgroup version) whose sandbox started in this process."""
-
-
-UIDS_PER_PROCESS = 4096
-
-
-def uid_base(pid: int, uid_map: str) -> int:
-    """The first of this control plane's :data:`UIDS_PER_PROCESS` sandbox uids.
-
-    ``uid_map`` is the text of ``/proc/self/uid_map`` (lines ``inside outside count``).
-    On a host (the whole 32-bit range mapped) it is ``UID_BASE + (pid % 4096) * 4096``:
-    unused by any account and distinct across control planes. In a user namespace that
-    maps fewer ids, e.g. a Kubernetes pod with ``hostUsers: false`` (65536 ids, see
-    k8s/base/control-plane.yaml), those uids do not exist and setuid() to them fails;
-    there the sandboxes take the 4096 ids just below 65534 (``nobody``) of the largest
-    mapped range, which no account of the image uses and which the runtime already
-    keeps apart from every other pod. Raises SandboxError when no range is large enough.
-    """
-    preferred = UID_BASE + (pid % 4096) * UIDS_PER_PROCESS
-    ranges: list[tuple[int, int]] = []
-    for line in uid_map.splitlines():
-        fields = line.split()
-        if len(fields) == 3:
-            ranges.append((int(fields[0]), int(fields[2])))
-    if not ranges or any(
-        first <= preferred and preferred + UIDS_PER_PROCESS <= first + count
-        for first, count in ranges
-    ):
-        return preferred
-    first, count = max(ranges, key=lambda r: r[1])
-    top = min(first + count, 65534)
-    if top - UIDS_PER_PROCESS <= first:
-        raise SandboxError(
-            "unavailable",
-            f"this user namespace maps too few uids for sandboxes (uid_map: {uid_map.strip()!r});"
-            f" {UIDS_PER_PROCESS} above root are needed",
-        )
-    return top - UIDS_PER_PROCESS
-
-
-def _own_uid_map() -> str:
-    try:
-        return Path("/proc/self/uid_map").read_text()
-    except OSError:
-        return ""
-
-
-class _UidPool:
-    """Host uids for sandboxes, one per live sandbox, distinct across control planes.
-
-    Unused uids are handed out first, then the one freed longest ago: a killed sandbox's
-    namespace init is reaped by the host's init, which may take a while, and until then it
-    still counts against its uid's ``RLIMIT_NPROC``.
-    """
-
-    def __init__(self) -> None:
-        self._base: int | None = None
-        self._free: deque[int] = deque()
-        self._next = 0
-
-    def take(self) -> int:
-        if self._base is None:  # the first sandbox, not import time: forks get their own
-            self._base = uid_base(os.getpid(), _own_uid_map())
-        if self._next < UIDS_PER_PROCESS:
-            self._next += 1
-            return self._base + self._next - 1
-        if self._free:
-            return self._free.popleft()
-        raise SandboxError("unavailable", "no free sandbox uid (4096 sandboxes alive)")
-
-    def give_back(self, uid: int) -> None:
-        self._free.append(uid)
-
-
-_UIDS = _UidPool()
 
 
 def _launch(argv: list[str], capture_fd: int, pass_fds: tuple[int, ...], uid: int) -> Popen[bytes]:
@@ -203,12 +108,7 @@ class BubblewrapSandbox(Sandbox):
         self._exited = asyncio.Event()
         self._pidfd = -1
         self._closed = False
-        self._capture_tail = b""
-        self._capture_task: asyncio.Task[None] | None = None
-        self._capture: socket.socket | None = None
-        self._capture_chunks: list[bytes] = []
-        self._capture_ready = asyncio.Event()
-        self._capture_lock = asyncio.Lock()
+        self._capture = CapturePump(self._on_capture)
         self._client: RunnerClient | None = None
         self._oom_before = 0
         self.pids: list[int] = [process.pid]
@@ -223,14 +123,11 @@ class BubblewrapSandbox(Sandbox):
         client = self._client = RunnerClient(
             max_output_bytes=max_output,
             death_report=self._death_report,
-            flush_side_channel=self._drain_capture,
+            flush_side_channel=self._capture.drain,
             label=f"{self.language} sandbox {self.sandbox_id}",
         )
         await loop.create_unix_connection(lambda: client, sock=proto)
-        capture.setblocking(False)
-        self._capture = capture
-        loop.add_reader(capture.fileno(), self._on_capture_readable)
-        self._capture_task = asyncio.create_task(self._pump_capture())
+        self._capture.start(capture)
         # Move bwrap into the sandbox's cgroups while it starts (in a thread: each write
         # waits for an RCU grace period), so that the processes it creates are born
         # inside; the check after "ready" moves any that were created before the move.
@@ -256,65 +153,17 @@ class BubblewrapSandbox(Sandbox):
         self._process.poll()
         self._exited.set()
 
-    # The capture socket (the runner's fd 1/2): bytes are read synchronously when
-    # the socket turns readable and delivered in order by one task under a lock,
-    # which _drain_capture also takes, so a call ends only after all it wrote.
-
-    def _on_capture_readable(self) -> None:
-        self._read_capture()
-        self._capture_ready.set()
-
-    def _read_capture(self) -> None:
-        while self._capture is not None:
-            try:
-                data = self._capture.recv(65536)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                data = b""
-            if not data:
-                asyncio.get_running_loop().remove_reader(self._capture.fileno())
-                self._capture.close()
-                self._capture = None
-                return
-            self._capture_tail = (self._capture_tail + data)[-4096:]
-            self._capture_chunks.append(data)
-
-    async def _deliver_capture(self) -> None:
-        async with self._capture_lock:
-            while self._capture_chunks:
-                data = self._capture_chunks.pop(0)
-                if self._client is not None:
-                    await self._client.on_capture(data)
-
-    async def _pump_capture(self) -> None:
-        while True:
-            await self._capture_ready.wait()
-            self._capture_ready.clear()
-            await self._deliver_capture()
-
-    async def _drain_capture(self) -> None:
-        """Deliver what the runner wrote to fd 1/2 before its last frame.
-
-        Those bytes are already queued on the capture socket when the result
-        arrives (the runner wrote them first); they belong to the call. They have also
-        been read already: the epoll round that reported the result reported the
-        capture socket too (or an earlier one did), and its reader callback
-        (:meth:`_on_capture_readable`) ran in that round's I/O phase, while this
-        coroutine resumes from a future only after it. So no read here: almost every
-        call writes nothing raw, and an empty read is a syscall and an exception.
-        """
-        if self._capture_chunks or self._capture_lock.locked():
-            # Only then: the lock's acquire and release cost more than the rest of
-            # a call's capture handling, and almost every call writes nothing raw.
-            await self._deliver_capture()
+    async def _on_capture(self, data: bytes) -> None:
+        """Raw bytes the runner's processes wrote to fd 1/2 (see :mod:`.capture`)."""
+        if self._client is not None:
+            await self._client.on_capture(data)
 
     async def _death_report(self) -> tuple[ErrorKind, str]:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2):
                 await self._exited.wait()
-        self._read_capture()  # the runner's last words (e.g. V8's out-of-memory report)
-        tail = self._capture_tail.decode("utf-8", "replace")
+        self._capture.read()  # the runner's last words (e.g. V8's out-of-memory report)
+        tail = self._capture.tail.decode("utf-8", "replace")
         oom = self._cgroup is not None and self._cgroup.oom_kills() > self._oom_before
         if oom or any(sign in tail for sign in _MEMORY_SIGNS):
             return "memory", (
@@ -407,23 +256,17 @@ class BubblewrapSandbox(Sandbox):
                 asyncio.get_running_loop().remove_reader(self._pidfd)
             os.close(self._pidfd)
         self._process.poll()
-        if self._capture_task is not None:
-            self._capture_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._capture_task
+        await self._capture.stop()
         if self._client is not None:
             self._client.close_transport()
-        if self._capture is not None:
-            asyncio.get_running_loop().remove_reader(self._capture.fileno())
-            self._capture.close()
-            self._capture = None
+        self._capture.close()
         if self._cgroup is not None:
             for _ in range(50):
                 if self._cgroup.remove():
                     break
                 self._cgroup.kill_all()
                 await asyncio.sleep(0.02)
-        _UIDS.give_back(self._uid)
+        UIDS.give_back(self._uid)
         self._backend._forget(self)
 
 
@@ -607,67 +450,16 @@ class BubblewrapBackend(Backend):
         self, language: Language, fd: int, seccomp_fd: int, extra_dirs: Sequence[str] = ()
     ) -> list[str]:
         assert self._layout is not None
-        layout = self._layout
-        settings = self.settings
-        argv = [
+        return bwrap_argv(
             self._bwrap,
-            "--unshare-all",
-            "--unshare-user",
-            "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
-            "--hostname", "sandbox",
-            "--die-with-parent",
-            "--new-session",
-            "--cap-drop", "ALL",
-            "--clearenv",
-            "--setenv", "PATH", "/usr/bin:/bin",
-            "--setenv", "HOME", "/tmp",
-            "--setenv", "TMPDIR", "/tmp",
-            "--setenv", "LANG", "C.UTF-8",
-        ]  # fmt: skip
-        for target, link in layout.symlinks:
-            argv += ["--symlink", target, link]
-        for directory in layout.dirs[language]:
-            argv += ["--ro-bind", directory, directory]
-        argv += ["--ro-bind", layout.binaries[language], layout.binaries[language]]
-        for target, alias in layout.aliases.get(language, []):
-            argv += ["--symlink", target, alias]
-        argv += ["--ro-bind", layout.runner_dir, RUNNER_DIR]
-        argv += [
-            "--proc", "/proc",
-            "--dev", "/dev",
-            "--size", str(settings.tmp_size_mb * 1024 * 1024), "--tmpfs", "/tmp",
-        ]  # fmt: skip
-        # After the private /tmp, so that a package folder below /tmp is not hidden by it.
-        package_dirs = [*settings.package_dirs, *extra_dirs]
-        for directory in package_dirs:
-            argv += ["--ro-bind-try", directory, directory]
-        if package_dirs:
-            variable = "REFLOW_PACKAGE_DIRS" if language == "python" else "NODE_PATH"
-            argv += ["--setenv", variable, ":".join(package_dirs)]
-        argv += [
-            "--chdir", "/tmp",
-            # bwrap's root and /dev are writable tmpfs mounts: freeze them, last.
-            "--remount-ro", "/dev",
-            "--remount-ro", "/",
-            "--seccomp", str(seccomp_fd),
-            "--",
-        ]  # fmt: skip
-        channel = f"{fd},{fd}"
-        if language == "python":
-            runner = f"{RUNNER_DIR}/{self._python_entry}"
-            argv += [layout.binaries[language], "-I", "-S", "-B", runner, "--fds", channel]
-        else:
-            heap = max(16, settings.memory_mb * 3 // 4)
-            runner = f"{RUNNER_DIR}/{NODE_RUNNER.name}"
-            argv += [
-                layout.binaries[language],
-                f"--max-old-space-size={heap}",
-                "--v8-pool-size=1",
-                runner,
-                "--fds",
-                channel,
-            ]
-        return argv
+            self._layout,
+            self.settings,
+            language,
+            python_entry=self._python_entry,
+            fd=fd,
+            seccomp_fd=seccomp_fd,
+            extra_dirs=extra_dirs,
+        )
 
     async def spawn(self, language: Language, *, package_dirs: Sequence[str] = ()) -> Sandbox:
         if self._layout is None:
@@ -676,7 +468,7 @@ class BubblewrapBackend(Backend):
             raise SandboxError("unavailable", f"no {language} interpreter on this host")
         sandbox_id = f"bwrap-{uuid.uuid4().hex[:12]}"
         limits = Limits.for_language(self.settings, language)
-        uid = _UIDS.take()
+        uid = UIDS.take()
         cgroup: SandboxCgroup | None = None
         proto_parent, proto_child = socket.socketpair()
         capture_parent, capture_child = socket.socketpair()
@@ -699,7 +491,7 @@ class BubblewrapBackend(Backend):
                 sock.close()
             if cgroup is not None:
                 cgroup.remove()
-            _UIDS.give_back(uid)
+            UIDS.give_back(uid)
             raise
         finally:
             proto_child.close()
