@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 
 from .config import ENV_PREFIX, Config, load_config
 from .errors import CallError, ConfigError, RegistryError
+from .jsonlimits import huge_number_message, may_hold_huge_number, non_finite_path
+from .jsonrpc import decode_json
 from .vocabulary import JSON, LANGUAGES, CallContext
 
 T = TypeVar("T")
@@ -158,10 +160,14 @@ def _parse_inputs(items: Sequence[str]) -> dict[str, JSON]:
         port, sep, raw = item.partition("=")
         if not sep or not port:
             raise ValueError(f"--input {item!r}: expected PORT=VALUE")
-        try:
-            payload[port] = json.loads(raw)
+        try:  # strict JSON, as a client sends it: NaN and Infinity stay strings
+            value = decode_json(raw, huge_numbers=may_hold_huge_number(raw))
         except ValueError:
-            payload[port] = raw
+            value = raw
+        where = non_finite_path(value, port)
+        if where is not None:
+            raise ValueError(f"--input {item!r}: {huge_number_message(where)}")
+        payload[port] = value
     return payload
 
 

@@ -82,29 +82,42 @@ def may_hold_surrogate(data: bytes | str) -> bool:
     return b"\\u" in data and _SURROGATE_ESCAPE.search(data) is not None
 
 
-# An exponent of three digits or more, or 309 digits in a row: what a number needs to
-# leave a double's range (1.8e308); strings that look alike only cost a walk.
-_BIG_NUMBER = re.compile(rb"[eE][+]?[0-9]{3}|[0-9]{309}")
-_BIG_NUMBER_TEXT = re.compile(r"[eE][+]?[0-9]{3}|[0-9]{309}")
+# What a number needs to leave a double's range (1.8e308): an exponent of three digits
+# or more (``e400``, ``E+400``), or else at least 210 digits in a row (an exponent of
+# two digits adds at most 99: ``"9" * 300 + "e9"`` overflows). Each byte is mapped to its class
+# (a digit to "0"; e, E and + to "e"; anything else to a space) and the classes are
+# searched as substrings: about 0.7 ms per MB, where a regular expression took 18 ms.
+# Strings that look alike only cost a walk.
+_FLOAT_MAX = 1.7976931348623157e308
+_NUMBER_CLASSES = bytes(
+    0x30 if 0x30 <= byte <= 0x39 else 0x65 if byte in b"eE+" else 0x20 for byte in range(256)
+)
+_DIGITS_210 = b"0" * 210
 
 
 def may_hold_huge_number(data: bytes | str) -> bool:
-    """Whether the JSON text ``data`` may hold a number that decodes to an infinite
-    float: a cheap pre-check before :func:`non_finite_path`."""
+    """Whether the JSON text ``data`` may hold a number beyond a double's range (it
+    decodes to infinity, or to an int serde_json cannot read): a cheap pre-check before
+    :func:`non_finite_path`."""
     if isinstance(data, str):
-        return _BIG_NUMBER_TEXT.search(data) is not None
-    return _BIG_NUMBER.search(data) is not None
+        data = data.encode("utf-8", "surrogatepass")
+    classes = data.translate(_NUMBER_CLASSES)
+    return b"e000" in classes or _DIGITS_210 in classes
 
 
 def non_finite_path(value: Any, root: str = "") -> str | None:
-    """Where in a decoded JSON value the first infinite or NaN float is, as a dotted
-    path (``payload.items.3``, the form of JSON-RPC's invalid-params field names), or
-    None. Iterative: no nesting exhausts the stack."""
+    """Where in a decoded JSON value the first infinite or NaN float, or integer beyond
+    a double's range (which serde_json cannot read), is, as a dotted path
+    (``payload.items.3``, the form of JSON-RPC's invalid-params field names), or None.
+    Iterative: no nesting exhausts the stack."""
     stack: list[tuple[str, Any]] = [(root, value)]
     while stack:
         path, item = stack.pop()
         if isinstance(item, float):
             if item != item or item in (float("inf"), float("-inf")):
+                return path or "value"
+        elif isinstance(item, int) and not isinstance(item, bool):
+            if abs(item) > _FLOAT_MAX:
                 return path or "value"
         elif isinstance(item, dict):
             prefix = f"{path}." if path else ""
@@ -115,6 +128,19 @@ def non_finite_path(value: Any, root: str = "") -> str | None:
                 (f"{prefix}{index}", sub) for index, sub in reversed(list(enumerate(item)))
             )
     return None
+
+
+def int_or_infinity(literal: str) -> int | float:
+    """A JSON integer literal (``json``'s ``parse_int`` hook) as an ``int``, or as an
+    infinite float when it is beyond a double's range, so :func:`non_finite_path` names
+    it like ``1e400``. Such an integer is valid JSON, but serde_json (Reflow's client)
+    reads any integer beyond u64 as a double and fails the whole frame on one that
+    overflows ("number out of range"); and Python's ``int()`` refuses more than 4,300
+    digits (``sys.get_int_max_str_digits``) with advice meant for a programmer."""
+    if len(literal) < 309:  # at most 308 digits: below 1e308, within range
+        return int(literal)
+    number = float(literal)
+    return number if number in (float("inf"), float("-inf")) else int(literal)
 
 
 def huge_number_message(path: str) -> str:

@@ -21,7 +21,9 @@ turns a response that cannot be encoded into a -32603 error instead of raising.
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,6 +33,7 @@ from .errors import CallError
 from .jsonlimits import (
     MAX_MESSAGE_DEPTH,
     huge_number_message,
+    int_or_infinity,
     lone_surrogate,
     may_hold_huge_number,
     may_hold_surrogate,
@@ -111,10 +114,19 @@ def error_response(id_: Id, code: int, message: str, data: JSON = None) -> Respo
     return {"jsonrpc": "2.0", "id": id_, "error": RpcError(code, message, data).to_object()}
 
 
-def decode_json(data: bytes | str) -> JSON:
-    """Strict JSON (no NaN/Infinity); raises ``ValueError`` on anything else."""
+_wide_decoder = json.JSONDecoder(parse_constant=_decoder.parse_constant, parse_int=int_or_infinity)
+
+
+def decode_json(data: bytes | str, *, huge_numbers: bool = False) -> JSON:
+    """Strict JSON (no NaN/Infinity); raises ``ValueError`` on anything else.
+
+    With ``huge_numbers`` (the text may hold one: ``may_hold_huge_number``), an integer
+    beyond a double's range decodes to infinity, as ``1e400`` does, for the caller to
+    refuse by field (``int_or_infinity``); off the hot path, as the hook costs a Python
+    call per integer.
+    """
     text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
-    return _decoder.decode(text)
+    return (_wide_decoder if huge_numbers else _decoder).decode(text)
 
 
 def encode(message: Response | list[Response]) -> str:
@@ -170,8 +182,11 @@ def notification(method: str, params: JSON) -> dict[str, JSON]:
 
 
 def _valid_id(value: object) -> bool:
-    # bool is an int in Python but not a valid id.
-    return value is None or (isinstance(value, str | int | float) and not isinstance(value, bool))
+    # bool is an int in Python but not a valid id; an infinite float (an id beyond a
+    # double's range, e.g. 1e400) is not one either: no JSON reply could echo it.
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return value is None or (isinstance(value, str | int) and not isinstance(value, bool))
 
 
 def _parse_one(item: object) -> Request | Response:
@@ -205,12 +220,13 @@ def parse(data: bytes | str) -> Parsed:
             f"parse error: the JSON nests deeper than {MAX_MESSAGE_DEPTH} levels (the limit)",
             {"limit": MAX_MESSAGE_DEPTH},
         )
+    huge_numbers = may_hold_huge_number(data)
     try:
-        message = decode_json(data)
+        message = decode_json(data, huge_numbers=huge_numbers)
     except (ValueError, RecursionError) as error:  # UnicodeDecodeError, JSONDecodeError too
         return error_response(None, PARSE_ERROR, f"parse error: {error}")
     check = _check_unicode if may_hold_surrogate(data) else _parse_one
-    if may_hold_huge_number(data):
+    if huge_numbers:
         check = functools.partial(_check_numbers, check)
     if isinstance(message, list):
         if not message:

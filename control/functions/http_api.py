@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from ..transports.auth import TokenAuth
+from ..transports.http import unreadable_body
 from .model import deploy_failed
 from .service import FunctionService, Reply
 
@@ -51,6 +52,8 @@ def _json_errors(handler: Handler) -> Handler:
     async def guarded(request: web.Request) -> web.Response:
         try:
             return await handler(request)
+        except web.RequestPayloadError as error:  # the client's body, e.g. bad deflate
+            return _json(Reply(400, deploy_failed(unreadable_body(error))))
         except Exception:
             log.exception("%s %s failed", request.method, request.path)
             return _json(Reply(500, deploy_failed("internal error")))

@@ -137,7 +137,10 @@ function strictJson(value, what, depth = MAX_VALUE_DEPTH, envelope = 0) {
   } catch (error) {
     if (error instanceof ScriptError) throw error;
     if (error instanceof RangeError) throw new ScriptError(`${what} nests deeper than ${depth} levels (the limit)`);
-    throw new ScriptError(`${what} is not JSON-serializable: ${error.message}`);
+    // A getter or toJSON may throw anything (a string, null, a plain object).
+    let reason;
+    try { reason = error instanceof Error ? error.message : String(error); } catch (e) { reason = '<a value that cannot be shown>'; }
+    throw new ScriptError(`${what} is not JSON-serializable: ${reason}`);
   }
   if (json === undefined) json = 'null'; // a function or a symbol
   if (nestingExceeds(json, depth + envelope)) throw new ScriptError(`${what} nests deeper than ${depth} levels (the limit)`);

@@ -306,6 +306,8 @@ def strict_json(value: Any, what: str, depth: int = MAX_VALUE_DEPTH, envelope: i
     try:
         text = dumps(value)
     except ValueError as error:
+        if "integer string conversion" in str(error):  # over 4,300 digits
+            raise ScriptError(_huge_int_message(what, value)) from None
         if "Out of range float" not in str(error):
             raise ScriptError(f"{what} is not JSON-serializable: {error}") from None
         raise ScriptError(
@@ -326,7 +328,52 @@ def strict_json(value: Any, what: str, depth: int = MAX_VALUE_DEPTH, envelope: i
         ) from None
     if nesting_exceeds(data, depth + envelope):
         raise ScriptError(f"{what} nests deeper than {depth} levels (the limit)")
+    if len(data) > 308 and _may_hold_huge_int(text) and _huge_int_path(value) is not None:
+        raise ScriptError(_huge_int_message(what, value))
     return data
+
+
+_FLOAT_MAX = 1.7976931348623157e308
+_huge_digits: Any = None
+
+
+def _may_hold_huge_int(text: str) -> bool:
+    """Whether ``text`` has 309 digits in a row (what an integer beyond a double's range
+    needs). ``re`` is imported on the first long text, not at start-up."""
+    global _huge_digits
+    if _huge_digits is None:
+        import re
+
+        _huge_digits = re.compile("[0-9]{309}")
+    return _huge_digits.search(text) is not None
+
+
+def _huge_int_path(value: Any) -> str | None:
+    """Where in ``value`` the first integer beyond a double's range is (dotted path,
+    ``jsonlimits.non_finite_path``'s form), or None. Iterative: no depth limit."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, int) and not isinstance(item, bool):
+            if abs(item) > _FLOAT_MAX:
+                return path or "value"
+        elif isinstance(item, dict):
+            prefix = f"{path}." if path else ""
+            stack.extend((f"{prefix}{key}", sub) for key, sub in reversed(item.items()))
+        elif isinstance(item, list | tuple):
+            prefix = f"{path}." if path else ""
+            stack.extend((f"{prefix}{i}", sub) for i, sub in reversed(list(enumerate(item))))
+    return None
+
+
+def _huge_int_message(what: str, value: Any) -> str:
+    """The error for an integer Reflow's client cannot read (serde_json reads an integer
+    beyond u64 as a double, and fails the whole frame on one beyond a double's range)."""
+    where = _huge_int_path(value) or "value"
+    return (
+        f"{what} is not strict JSON: the integer at {where} is outside the range of a "
+        "64-bit float (about 1.8e308), which Reflow cannot read: send it as a string"
+    )
 
 
 class Context:

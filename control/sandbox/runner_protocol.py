@@ -43,9 +43,12 @@ from ..jsonlimits import (
     MAX_STATE_VALUE_BYTES,
     MAX_VALUE_DEPTH,
     depth_message,
+    huge_number_message,
     lone_surrogate,
+    may_hold_huge_number,
     may_hold_surrogate,
     nesting_exceeds,
+    non_finite_path,
     surrogate_message,
 )
 from ..vocabulary import JSON, ActorSource, CallContext, ErrorKind
@@ -382,6 +385,8 @@ class RunnerProtocol:
         surrogate = None
         if b"\\u" in body and may_hold_surrogate(body):
             surrogate = lone_surrogate(message)
+        # A script can write frames itself, skipping the runner's checks.
+        huge = non_finite_path(message) if may_hold_huge_number(body) else None
         kind = message["type"]
         phase = self.phase
         if phase is Phase.STARTING:
@@ -416,14 +421,15 @@ class RunnerProtocol:
                 self._break(self._too_large())
                 return
             port = message.get("port")
-            if surrogate or too_deep or not isinstance(port, str) or "data" not in message:
+            bad = surrogate or too_deep or huge
+            if bad or not isinstance(port, str) or "data" not in message:
                 self._fail_call_now(self._bad_value(f"send_output({port!r}) value", surrogate,
-                                                    too_deep, message))
+                                                    too_deep, message, huge))
                 return
             self._events.append(Output(call.call_id, port, message["data"]))
         elif kind == "state":
-            if surrogate or too_deep:
-                failure = self._bad_value("a state value", surrogate, too_deep, message)
+            if surrogate or too_deep or huge:
+                failure = self._bad_value("a state value", surrogate, too_deep, message, huge)
                 self._refuse_state(call, message, as_state_error(failure))
                 return
             self._receive_state(call, message)
@@ -433,9 +439,9 @@ class RunnerProtocol:
             if call.used > self.max_output:
                 self._break(self._too_large())
                 return
-            if surrogate or too_deep:
+            if surrogate or too_deep or huge:
                 outcome = Finished(error=self._bad_value("the returned value", surrogate,
-                                                         too_deep, message))
+                                                         too_deep, message, huge))
             else:
                 value = outputs if isinstance(outputs, dict) else {"output": outputs}
                 outcome = Finished(value=value)
@@ -586,12 +592,15 @@ class RunnerProtocol:
         return SandboxError("crashed", f"{self.label} broke the protocol: {what}")
 
     def _bad_value(
-        self, what: str, surrogate: str | None, too_deep: bool, message: Message
+        self, what: str, surrogate: str | None, too_deep: bool, message: Message,
+        huge: str | None = None,
     ) -> SandboxError:
         if surrogate is not None:
             return SandboxError("script_error", surrogate_message(what, surrogate))
         if too_deep:
             return SandboxError("script_error", depth_message(what, MAX_VALUE_DEPTH))
+        if huge is not None:
+            return SandboxError("script_error", f"{what}: {huge_number_message(huge)}")
         return SandboxError("script_error", f"{what}: a malformed {message['type']!r} frame")
 
 

@@ -29,6 +29,14 @@ _JSON = "application/json"
 _COLLECT = CallScope(push=None)
 
 
+def unreadable_body(error: web.RequestPayloadError) -> str:
+    """Why aiohttp could not read a request body (e.g. ``Can not decode content-encoding:
+    deflate`` for bytes that do not inflate), for a 400 answer: the client's fault."""
+    cause = error.__cause__
+    reason = getattr(cause, "message", None) if cause is not None else None
+    return f"the body could not be read: {reason or str(error).splitlines()[-1].strip()}"
+
+
 @web.middleware
 async def _json_errors(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -119,6 +127,11 @@ class HttpTransport:
                 jsonrpc.INVALID_REQUEST, f"invalid request: {error.text or error.reason}"
             )
             return web.Response(body=data, status=error.status, content_type=_JSON)
+        except web.RequestPayloadError as error:
+            data = self._dispatcher.reject(
+                jsonrpc.PARSE_ERROR, f"parse error: {unreadable_body(error)}"
+            )
+            return web.Response(body=data, status=400, content_type=_JSON)
         # While draining nothing runs: 503 lets a balancer retry on another node.
         refuse = self._draining
         data = await self._dispatcher.answer(body, _COLLECT, refuse=refuse)

@@ -38,10 +38,16 @@ async def process(context):
 
 def states(pool: Any, actor_key: str | None = None) -> list[str]:
     return sorted(
-        info.state
-        for info in pool.snapshot()
-        if actor_key is None or info.actor_key == actor_key
+        info.state for info in pool.snapshot() if actor_key is None or info.actor_key == actor_key
     )
+
+
+async def eventually(check: Any, what: str, timeout: float = 30.0) -> None:
+    """Wait until ``check()`` is true, failing with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.01)
 
 
 async def run(pool: Any, actor: Any, **payload: Any) -> dict[str, Any]:
@@ -61,9 +67,8 @@ async def test_an_actor_is_loaded_once_and_its_sandbox_reused(make_pool: Any) ->
     results = [await run(pool, actor) for _ in range(5)]
     assert [r["calls"] for r in results] == [1, 2, 3, 4, 5]
     assert states(pool, actor.key) == ["idle"]
-    # the warm sandbox it took was replaced in the background
-    await asyncio.sleep(0.5)
-    assert "warm" in states(pool)
+    # the warm sandbox it took is replaced in the background
+    await eventually(lambda: "warm" in states(pool), "the warm sandbox was not replaced")
 
 
 async def test_a_sandbox_serves_one_actor_only(make_pool: Any) -> None:
@@ -93,16 +98,17 @@ async def test_concurrent_load_grows_an_actor_up_to_its_cap(make_pool: Any) -> N
 
 async def test_exhausted_pool_fails_fast_with_a_clear_error(make_pool: Any) -> None:
     pool = await make_pool(python_min=1, python_max=1, acquire_timeout=0.3)
-    slow = python_actor("slow", "    import asyncio\n    await asyncio.sleep(1.5)\n    return 1")
+    slow = python_actor("slow", "    import asyncio\n    await asyncio.sleep(2)\n    return 1")
     other = python_actor("other", "    return 2")
     busy = asyncio.create_task(run(pool, slow))
-    await asyncio.sleep(0.3)
-    started = time.monotonic()
+    await eventually(lambda: states(pool, slow.key) == ["busy"], "the slow call did not start")
     with pytest.raises(PoolError) as error:
         await run(pool, other)
     assert error.value.kind == "pool_exhausted"
     assert "python" in error.value.message and "max_instances 1" in error.value.message
-    assert time.monotonic() - started < 1.2, "the acquire timeout was not honoured"
+    # Failed while the only sandbox was still busy: the acquire timeout (0.3 s), not the
+    # slow call's end (2 s), decided it.
+    assert not busy.done(), "the acquire waited for the busy sandbox instead of timing out"
     assert await busy == {"output": 1}
     # once the slow call is done, the other actor evicts the idle sandbox and runs
     assert await run(pool, other) == {"output": 2}
@@ -112,8 +118,7 @@ async def test_idle_bound_sandboxes_are_recycled(make_pool: Any) -> None:
     pool = await make_pool(idle_timeout=0.3)
     actor = module_actor("counting", COUNTING)
     assert (await run(pool, actor))["calls"] == 1
-    await asyncio.sleep(1.2)
-    assert states(pool, actor.key) == []
+    await eventually(lambda: states(pool, actor.key) == [], "the idle sandbox was kept")
     assert (await run(pool, actor))["calls"] == 1  # a fresh sandbox
 
 
@@ -128,8 +133,9 @@ async def test_a_broken_limit_replaces_the_sandbox_and_the_next_call_works(make_
     pool = await make_pool(call_timeout=0.5)
     looping = module_actor(
         "looping",
-        COUNTING.replace("    return", "    if context.get_input('spin'):\n"
-                         "        while True: pass\n    return"),
+        COUNTING.replace(
+            "    return", "    if context.get_input('spin'):\n        while True: pass\n    return"
+        ),
     )
     assert (await run(pool, looping))["calls"] == 1
     with pytest.raises(SandboxError) as error:
@@ -142,8 +148,10 @@ async def test_a_script_error_keeps_the_sandbox(make_pool: Any) -> None:
     pool = await make_pool()
     actor = module_actor(
         "raising",
-        COUNTING.replace("    return", "    if context.get_input('fail'):\n"
-                         "        raise ValueError('bad input')\n    return"),
+        COUNTING.replace(
+            "    return",
+            "    if context.get_input('fail'):\n        raise ValueError('bad input')\n    return",
+        ),
     )
     assert (await run(pool, actor))["calls"] == 1
     with pytest.raises(SandboxError) as error:
@@ -209,7 +217,7 @@ async def test_close_kills_every_sandbox_busy_ones_too(make_pool: Any) -> None:
     pool = await make_pool(python_min=2, node_min=1)
     slow = python_actor("slow", "    import asyncio\n    await asyncio.sleep(30)\n")
     busy = asyncio.create_task(run(pool, slow))
-    await asyncio.sleep(0.3)
+    await eventually(lambda: states(pool, slow.key) == ["busy"], "the slow call did not start")
     assert _descendants(os.getpid()) - before, "no sandbox process was running"
     await pool.close()
     with pytest.raises((CallError, asyncio.CancelledError)):

@@ -109,7 +109,16 @@ async def test_a_node_stopped_under_load_answers_its_calls_and_new_connections_g
         idle_on_a = on_a[-1]
 
         in_flight = [asyncio.create_task(i.call({"seconds": 3})) for i in busy]
-        await asyncio.sleep(0.5)  # let them start (the assertions do not depend on it)
+        # SIGTERM once node a runs its share of them (the ones on a, all but the idle
+        # one): the drain must then answer calls in flight, not ones still to come.
+        running_on_a = len(on_a) - 1
+        deadline = time.monotonic() + 30
+        while True:
+            text = await deployment.metrics("a")
+            if metric_value(text, "microsandbox_active_sandboxes", state="busy") >= running_on_a:
+                break
+            assert time.monotonic() < deadline, "node a did not start its calls"
+            await asyncio.sleep(0.02)
         node.process.send_signal(signal.SIGTERM)
 
         # While node a drains, a new connection is served, and not by node a: its

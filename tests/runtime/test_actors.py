@@ -204,6 +204,94 @@ async def process(context):
     assert "NaN and Infinity" in raised.value.message
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        'return {"x": 10 ** 400}',
+        'return {"x": [1, -(10 ** 5000)]}',
+        'await context.send_output("x", {"n": 2 ** 1024})',
+        'await context.set_state("k", 10 ** 309)',
+    ],
+    ids=["returned", "over 4300 digits", "pushed", "stored"],
+)
+async def test_an_integer_beyond_a_double_is_a_clear_script_error(
+    backend: Backend, body: str
+) -> None:
+    """Reflow's serde_json reads an integer beyond u64 as a double, and one beyond a
+    double's range (about 1.8e308) fails the whole frame ("number out of range"): the
+    client would drop the reply and wait out its 30 s. Such a value is refused as
+    NaN is, naming where it is, before it leaves the sandbox."""
+    source = f"""
+@actor
+async def process(context):
+    {body}
+    return {{}}
+"""
+    sandbox = await loaded(backend, source)
+    try:
+        with pytest.raises(SandboxError) as raised:
+            await call(sandbox)
+        assert sandbox.alive
+        ok = await loaded(backend, '@actor\ndef process(context):\n    return {"x": 10 ** 300}\n')
+        try:
+            assert (await call(ok))["x"] == 10**300  # within a double's range: sent as is
+        finally:
+            await ok.close()
+    finally:
+        await sandbox.close()
+    assert raised.value.kind in ("script_error", "state_error")
+    assert "outside the range of a 64-bit float" in raised.value.message
+
+
+@pytest.mark.parametrize("frame", ["result", "output"])
+async def test_a_forged_frame_with_an_integer_beyond_a_double_is_refused_by_the_control_plane(
+    backend: Backend, frame: str
+) -> None:
+    """The runner lives in the sandbox: a script can write its own frames on the
+    channel, skipping the runner's checks. The control plane refuses the value too."""
+    field = '"outputs":{"x":1' if frame == "result" else '"port":"p","data":[-1'
+    close = "}" if frame == "result" else "]"
+    source = f"""
+import gc, json
+@actor
+def process(context):
+    channel = [o for o in gc.get_objects() if type(o).__name__ == "Channel"][0]
+    head = '{{"type":"{frame}","call":' + json.dumps(context._call) + ',{field}'
+    channel.send_bytes((head + "0" * 400 + "{close}}}").encode())
+    return {{"x": 1}}
+"""
+    sandbox = await loaded(backend, source)
+    try:
+        with pytest.raises(SandboxError) as raised:
+            await call(sandbox)
+    finally:
+        await sandbox.close()
+    assert raised.value.kind == "script_error"
+    assert "outside the range of a 64-bit float" in raised.value.message
+
+
+@pytest.mark.parametrize(
+    ("thrown", "shown"),
+    [("'getter boom'", "getter boom"), ("null", "null"), ("{code: 7}", "[object Object]")],
+)
+async def test_a_js_value_that_throws_a_non_error_while_serialized_says_what_it_threw(
+    backend: Backend, thrown: str, shown: str
+) -> None:
+    """A getter (or ``toJSON``) that throws a string, null or a plain object while the
+    result is serialized: a script_error with what was thrown, as a throw from
+    ``process`` gets (not ``undefined``, nor the runner's own TypeError)."""
+    source = f"module.exports = {{process: async () => ({{get out() {{ throw {thrown}; }}}})}};\n"
+    sandbox = await loaded(backend, source, "nodejs")
+    try:
+        with pytest.raises(SandboxError) as raised:
+            await call(sandbox)
+        assert sandbox.alive
+    finally:
+        await sandbox.close()
+    assert raised.value.kind == "script_error"
+    assert raised.value.message.endswith(f"the returned value is not JSON-serializable: {shown}")
+
+
 async def test_syntax_error_is_a_load_error(backend: Backend) -> None:
     sandbox = await backend.spawn("python")
     try:

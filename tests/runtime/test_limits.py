@@ -4,6 +4,7 @@ sandbox is gone, and the backend serves the next call; nothing outlives close().
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -245,7 +246,12 @@ async def test_no_process_survives_backend_close(backend: Backend) -> None:
     pids = [pid for s in (bomb, sleeper, idle_node) for pid in getattr(s, "pids", [])]
     assert processes_of_uids(uids)  # the check sees them while they run
     await backend.close()
-    await asyncio.sleep(0.1)
+    # Killed processes leave /proc once torn down and reaped: wait for that, bounded.
+    deadline = time.monotonic() + 10
+    while processes_of_uids(uids) or any(_running(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.02)
     assert processes_of_uids(uids) == []
     assert [pid for pid in pids if _running(pid)] == []
 

@@ -24,12 +24,17 @@ async def main():
     await backend.start()
     busy = await backend.spawn("python")
     await busy.load(ActorSource("spin", "tests", "python", SPIN))
+    from reflow_microsandbox.sandbox.bubblewrap.procfs import descendants
+    before = len(descendants(busy.pids[0]))
     call = asyncio.ensure_future(
         busy.call(CallContext("spin", "tests"), DictState(), Events(), timeout=29))
-    await asyncio.sleep(0.5)  # the script is spinning and has forked: it reads no pipe
+    # Wait (bounded) until the script has forked: then it spins and reads no pipe.
+    deadline = asyncio.get_running_loop().time() + 20
+    while len(descendants(busy.pids[0])) <= before:
+        assert asyncio.get_running_loop().time() < deadline, "the script did not fork"
+        await asyncio.sleep(0.01)
     idle = await backend.spawn("nodejs")
     pids = busy.pids + idle.pids
-    from reflow_microsandbox.sandbox.bubblewrap.procfs import descendants
     pids = sorted(set(pids) | set(descendants(busy.pids[0])))
     print(" ".join(str(pid) for pid in pids), flush=True)
     await call

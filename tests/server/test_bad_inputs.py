@@ -96,6 +96,41 @@ ERROR_CASES = {
         "n",
         "payload.data.1",
     ),
+    # An integer literal beyond a double (Reflow's serde_json cannot read one back), and
+    # one over Python's 4,300-digit int limit (its parse error used to advise the client
+    # to call sys.set_int_max_str_digits): both the client's fault, named by field.
+    "an integer literal beyond a double": ErrorCase(
+        '{"jsonrpc":"2.0","id":8,"method":"process",'
+        '"params":{"actor_id":"echo","payload":{"value":1' + "0" * 400 + "}}}",
+        -32602,
+        8,
+        "payload.value: the number is outside the range of a 64-bit float",
+    ),
+    "an integer literal over 4,300 digits": ErrorCase(
+        '{"jsonrpc":"2.0","id":9,"method":"process",'
+        '"params":{"actor_id":"echo","payload":{"data":[-' + "9" * 5000 + "]}}}",
+        -32602,
+        9,
+        "payload.data.0: the number is outside the range of a 64-bit float",
+    ),
+    # 300 digits and a one-digit exponent: no three-digit exponent, no 309 digits in a
+    # row, still beyond a double (the pre-check used to miss it: the script got inf).
+    "a long mantissa with a short exponent": ErrorCase(
+        '{"jsonrpc":"2.0","id":10,"method":"process",'
+        '"params":{"actor_id":"echo","payload":{"m":' + "9" * 300 + "e9}}}",
+        -32602,
+        10,
+        "payload.m: the number is outside the range of a 64-bit float",
+    ),
+    # An id beyond a double decodes to infinity, which no JSON reply can echo: it used
+    # to cost the frame its answer over WebSocket (a batch lost all its answers) and
+    # gave HTTP clients aiohttp's plain-text 500.
+    "an id beyond a double": ErrorCase(
+        '{"jsonrpc":"2.0","id":1e400,"method":"list"}', -32600, None, "id must be"
+    ),
+    "an integer id beyond a double": ErrorCase(
+        '{"jsonrpc":"2.0","id":-1' + "0" * 400 + ',"method":"list"}', -32600, None, "id must be"
+    ),
     "unknown actor": ErrorCase(
         request("process", {"actor_id": "ghost"}, "u"), -32010, "u", "ghost"
     ),
@@ -263,4 +298,50 @@ async def test_http_body_over_the_size_cap_is_refused_with_413(server: Server) -
         big = request("process", {"actor_id": "echo", "payload": {"data": "y" * (MAX + 10)}})
         async with session.post(http_url(server, "/api/v1/rpc"), data=big) as response:
             assert response.status == 413
+    await still_serving(server)
+
+
+async def test_a_batch_with_an_id_beyond_a_double_answers_every_member(server: Server) -> None:
+    frame = (
+        '[{"jsonrpc":"2.0","id":-1e999,"method":"list"},'
+        '{"jsonrpc":"2.0","id":2,"method":"list","params":{}}]'
+    )
+    client = await RawClient.open(ws_url(server))
+    try:
+        await client.send(frame)
+        replies = await client.recv()
+    finally:
+        await client.close()
+    assert isinstance(replies, list) and len(replies) == 2
+    assert replies[0]["id"] is None and replies[0]["error"]["code"] == -32600
+    assert replies[1]["id"] == 2 and "actors" in replies[1]["result"]
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(http_url(server, "/api/v1/rpc"), data=frame) as response,
+    ):
+        assert response.status == 200
+        assert [r.get("id") for r in await response.json()] == [None, 2]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/rpc", "/api/v1/functions"])
+async def test_a_body_that_cannot_be_decompressed_gets_a_json_400(
+    server: Server, path: str
+) -> None:
+    """``Content-Encoding: deflate`` over bytes that are not deflate: aiohttp fails the
+    read, which used to reach the client as its plain-text 500."""
+    headers = {"Content-Encoding": "deflate", "Content-Type": "application/json"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(http_url(server, path), data=b"not deflate at all", headers=headers) as r,
+    ):
+        assert r.status == 400
+        assert r.content_type == "application/json"
+        body = await r.json()
+    if path == "/api/v1/rpc":
+        assert body["id"] is None and body["error"]["code"] == -32700
+        message = body["error"]["message"]
+    else:
+        assert body["success"] is False
+        message = body["error"]
+    assert "content-encoding: deflate" in message
     await still_serving(server)

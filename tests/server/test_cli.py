@@ -109,6 +109,21 @@ def test_run_refuses_a_malformed_input_and_a_missing_script(tmp_path: Path) -> N
     assert malformed.returncode != 0 and "PORT=VALUE" in malformed.stderr
 
 
+def test_run_refuses_an_input_no_actor_could_be_sent(scripts: Path, tmp_path: Path) -> None:
+    """A number beyond a double is the author's input, refused before any sandbox runs
+    (it used to reach the runner and be blamed on the script as a script_error); NaN
+    is not JSON, so it arrives as the string "NaN"."""
+    config = str(run_config(tmp_path))
+    huge = cli("run", str(scripts / "echo.py"), "--input", "data=1e400", "--config", config)
+    assert huge.returncode == 2, huge.stderr
+    assert "--input 'data=1e400'" in huge.stderr
+    assert "outside the range of a 64-bit float" in huge.stderr
+    assert "script_error" not in huge.stderr and huge.stdout == ""
+    nan = cli("run", str(scripts / "echo.py"), "--input", "data=NaN", "--config", config)
+    assert nan.returncode == 0, nan.stderr
+    assert json.loads(nan.stdout) == {"out": "NaN"}
+
+
 async def test_sigterm_drains_an_in_flight_call_exits_0_and_leaves_no_sandbox_behind(
     scripts: Path, tmp_path: Path, server_processes: list[ServerProcess]
 ) -> None:

@@ -46,7 +46,11 @@ async def test_redis_outage_fails_state_calls_clearly_and_recovers_by_itself(
                     outcomes.append("ok" if reply.error is None else reply.error["data"]["kind"])
 
         background = asyncio.create_task(keep_calling())
-        await asyncio.sleep(0.3)
+        # Redis goes away once the background caller is being served (bounded wait).
+        deadline = time.monotonic() + 30
+        while "ok" not in outcomes:
+            assert time.monotonic() < deadline and not background.done(), outcomes
+            await asyncio.sleep(0.01)
         own_redis.stop()
 
         failed = await client.process("test_actor")
