@@ -209,6 +209,11 @@ class BubblewrapSandbox(Sandbox):
             raise
         return self.metadata
 
+    def start_call(self, context: CallContext, events: EventSink) -> bool:
+        if self._client is None or self._closed:
+            return False
+        return self._client.start_call(context, events)
+
     async def call(
         self,
         context: CallContext,
