@@ -18,7 +18,11 @@ drives it with Reflow-like clients (tests/reliability/loadgen.py), open-loop:
   then while one other actor floods the node, for three floods in turn: fast calls
   from 64 connections, calls that each run 2 s from 64 connections, and a storm of
   memory bombs, endless loops and output floods; printed with the ratio to the quiet
-  value measured just before (goal <= 2x) and how the flooder's calls ended.
+  value measured just before (goal <= 2x) and how the flooder's calls ended. The flood's
+  clients run in a process of their own (so the quiet actor's timings are not the
+  flood client's event loop), and each window prints where the CPU went: the control
+  plane, all sandboxes (their parent cgroup), nginx and the two client processes, in
+  % of one core.
 
 The load generator shares the machine's cores with the node, nginx and Redis; its
 ``generator lag`` column says how late it started calls. Every figure line carries
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -54,6 +59,7 @@ from tests.reliability.loadgen import (  # noqa: E402
     round_robin,
 )
 from tests.reliability.observe import load_average  # noqa: E402
+from tests.server.conftest import descendants  # noqa: E402
 
 Rows = list[tuple[str, str]]
 
@@ -132,36 +138,119 @@ FLOODS: dict[str, tuple[str, Callable[[int], dict[str, Any]], int]] = {
 }
 
 
+def _flood_child(url: str, name: str, seconds: float, pipe: Any) -> None:
+    """In a process of its own: flood ``name`` (a key of FLOODS) for ``seconds``, then
+    send back how the calls ended (a dict of counts by kind)."""
+
+    async def flood() -> dict[str, int]:
+        actor, payload, in_flight = FLOODS[name]
+        connections = 16 if actor == "abuser" else 64
+        clients = [ActorInstance(url, actor, instance=f"{actor}-{i}") for i in range(connections)]
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(seconds, stop.set)
+        kinds = await closed_loop(clients, payload, stop, in_flight=in_flight)
+        for client in clients:
+            await client.close()
+        return dict(kinds)
+
+    pipe.send(asyncio.run(flood()))
+
+
+def _cpu_ticks(pid: int) -> int:
+    """utime + stime of one process, in clock ticks (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0
+    return int(fields[11]) + int(fields[12])
+
+
+def _sandboxes_cpu_ticks(node_pid: int) -> dict[int, int]:
+    """CPU ticks so far of each live process below the node (its sandboxes). A sandbox
+    that dies within a window takes its time with it: a lower bound (the v1 hosts here
+    mount ``cpuacct`` apart from ``cpu``, so the sandboxes' cgroups do not count it)."""
+    return {pid: _cpu_ticks(pid) for pid in descendants(node_pid)}
+
+
+class CpuShares:
+    """CPU time of the parts of a run between :meth:`start` and :meth:`line`."""
+
+    TICK = os.sysconf("SC_CLK_TCK")
+
+    def __init__(self, deployment: Deployment, flood_pid: int) -> None:
+        node = deployment.nodes["a"].process
+        balancer = deployment.balancer.process if deployment.balancer else None
+        self.node_pid = node.pid if node else 0
+        nginx = {balancer.pid} | descendants(balancer.pid) if balancer else set()
+        self.groups = {
+            "control plane": {self.node_pid},
+            "nginx": nginx,
+            "flood client": {flood_pid},
+            "quiet client": {os.getpid()},
+        }
+        self.started = 0.0
+        self.before: dict[str, float] = {}
+        self.sandboxes_before: dict[int, int] = {}
+
+    def _sample(self) -> dict[str, float]:
+        seconds = {
+            name: sum(_cpu_ticks(pid) for pid in pids) / self.TICK
+            for name, pids in self.groups.items()
+        }
+        return seconds
+
+    def start(self) -> None:
+        self.started, self.before = time.monotonic(), self._sample()
+        self.sandboxes_before = _sandboxes_cpu_ticks(self.node_pid)
+
+    def line(self) -> str:
+        window = time.monotonic() - self.started
+        after = self._sample()
+        ticks = _sandboxes_cpu_ticks(self.node_pid)
+        used = sum(n - self.sandboxes_before.get(pid, 0) for pid, n in ticks.items())
+        self.before["sandboxes"], after["sandboxes"] = 0.0, used / self.TICK
+        parts = [
+            f"{name} {100 * (after[name] - self.before[name]) / window:.0f}%"
+            for name in ("control plane", "sandboxes", "nginx", "flood client", "quiet client")
+        ]
+        return "CPU (% of one core): " + ", ".join(parts)
+
+
 async def fairness(deployment: Deployment, args: argparse.Namespace, rows: Rows) -> None:
     seconds, rate = args.fair_seconds, args.quiet_rate
     print(
         f"\nfairness: quiet actor echo at {rate:g} calls/s; each flood measured against the "
-        f"quiet actor alone just before it, {seconds:g} s each"
+        f"quiet actor alone just before it, {seconds:g} s each; the flood from another process"
     )
     quiet = [ActorInstance(deployment.url(), "echo", instance=f"quiet-{i}") for i in range(4)]
     calls = round_robin(quiet, lambda i: {"data": i})
+    spawn = multiprocessing.get_context("spawn")
     try:
         await open_loop(rate, 2, calls)  # warm
-        for name, (actor, payload, in_flight) in FLOODS.items():
+        for name in FLOODS:
             alone = (await open_loop(rate, seconds, calls)).summary
             figure(rows, f"quiet actor alone (before {name})", brief(alone))
-            connections = 16 if actor == "abuser" else 64
-            flooders = [
-                ActorInstance(deployment.url(), actor, instance=f"{actor}-{i}")
-                for i in range(connections)
-            ]
-            stop = asyncio.Event()
-            flood = asyncio.create_task(closed_loop(flooders, payload, stop, in_flight=in_flight))
-            await asyncio.sleep(1)  # the flood is on
+            receiver, sender = spawn.Pipe(duplex=False)
+            child = spawn.Process(
+                target=_flood_child, args=(deployment.url(), name, seconds + 3, sender)
+            )
+            child.start()
+            sender.close()
+            await asyncio.sleep(2)  # the flood is on (the child imports, connects, floods)
+            cpu = CpuShares(deployment, child.pid or 0)
+            cpu.start()
             during = (await open_loop(rate, seconds, calls)).summary
-            stop.set()
-            kinds: Counter[str] = await flood
-            for client in flooders:
-                await client.close()
+            usage = cpu.line()
+            has_result = await asyncio.to_thread(receiver.poll, 120)
+            kinds: dict[str, int] = receiver.recv() if has_result else {"no result": 1}
+            await asyncio.to_thread(child.join, 30)
+            if child.is_alive():
+                child.kill()
             ratio = during.p99 / alone.p99 if alone.p99 else float("nan")
-            ended = ", ".join(f"{k} {v}" for k, v in kinds.most_common())
+            ended = ", ".join(f"{k} {v}" for k, v in Counter(kinds).most_common())
             verdict = f"p99 {ratio:.1f}x alone (goal <= 2x); flooder: {ended}"
             figure(rows, f"quiet actor during {name}", f"{brief(during)}; {verdict}")
+            print(f"    {usage}", flush=True)
             await asyncio.sleep(3)  # the node settles (sandboxes replaced, queues drained)
     finally:
         for client in quiet:
@@ -176,6 +265,15 @@ async def main(args: argparse.Namespace) -> None:
         changes: dict[str, Any] = {"logging": {"level": "warning"}}
         if args.backend != "bubblewrap":
             changes["sandbox"] = {"backend": args.backend}
+        pool: dict[str, Any] = {}
+        if args.max_per_actor is not None:
+            pool["max_per_actor"] = args.max_per_actor
+        if args.rate_per_actor is not None:
+            pool["max_calls_per_second_per_actor"] = args.rate_per_actor
+        if pool:
+            changes.setdefault("sandbox", {})["pool"] = pool
+        if args.cpu_limit_per_actor:
+            changes.setdefault("sandbox", {})["cpu_limit_per_actor"] = True
         deployment = Deployment(rendered, workdir / "deployment", changes=changes)
         rows: Rows = []
         print(f"reflow-microsandbox load benchmark ({os.cpu_count()} cores, one node behind "
@@ -210,6 +308,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget", type=float, default=300, help="seconds for the search")
     parser.add_argument("--fair-seconds", type=float, default=10, help="seconds per phase")
     parser.add_argument("--quiet-rate", type=float, default=50, help="quiet actor calls/s")
+    parser.add_argument("--max-per-actor", type=int, default=None,
+                        help="sandbox.pool.max_per_actor (default: as rendered)")  # fmt: skip
+    parser.add_argument("--rate-per-actor", type=float, default=None,
+                        help="sandbox.pool.max_calls_per_second_per_actor")  # fmt: skip
+    parser.add_argument("--cpu-limit-per-actor", action="store_true",
+                        help="sandbox.cpu_limit_per_actor: true")  # fmt: skip
     return parser.parse_args(argv)
 
 

@@ -129,6 +129,15 @@ class PoolConfig(_Section):
     max_calls: int = Field(
         10000, ge=1, description="Calls after which a sandbox is replaced by a fresh one."
     )
+    max_calls_per_second_per_actor: float = Field(
+        0.0,
+        ge=0,
+        le=1_000_000,
+        description="Calls of one actor started per second at most (0: unpaced); max_per_actor "
+        "may start at once. Calls beyond wait before they start, or fail at once with "
+        'pool_exhausted (data.reason "rate_limited") when they would wait longer than '
+        "acquire_timeout. Bounds the share of the node one actor's flood of fast calls takes.",
+    )
 
     def for_language(self, language: Language) -> PoolLanguageConfig:
         return self.python if language == "python" else self.nodejs
@@ -157,6 +166,12 @@ class SandboxConfig(_Section):
     )
     memory_mb: int = Field(256, ge=16, le=65536, description="Memory limit per sandbox, MiB.")
     cpu_limit: float = Field(0.5, gt=0, le=64, description="CPU cores per sandbox.")
+    cpu_limit_per_actor: bool = Field(
+        False,
+        description="true: cpu_limit holds for all of one actor's sandboxes together (each of "
+        "k gets cpu_limit/k; bubblewrap only), so an actor's endless loops take one cpu_limit "
+        "however many sandboxes it runs; false: cpu_limit per sandbox.",
+    )
     max_processes: int = Field(32, ge=1, le=4096, description="Processes per sandbox.")
     max_open_files: int = Field(256, ge=16, le=65536, description="Open files per sandbox.")
     max_file_size_mb: int = Field(

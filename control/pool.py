@@ -20,6 +20,12 @@ language is at ``max_instances``, capacity goes to the waiting actor with the fe
 sandboxes, and an actor holding at least two more than a starved one gives one up
 when a call of its own ends (killed as ``rebalanced``). Waiting calls sleep on their
 own future, so a long queue costs nothing while other actors' calls come and go.
+Optionally (``max_calls_per_second_per_actor``) an actor's calls are paced before they
+start (:mod:`.pacing`), which bounds the share of the event loop one actor's fast calls
+take; past ``acquire_timeout`` of pacing they are refused (``rate_limited``). CPU:
+each of an actor's ``k`` sandboxes gets ``1/k`` of a sandbox's CPU weight
+(``Sandbox.set_cpu_share``: cgroup ``cpu.shares`` / ``cpu.weight``), so under
+contention an actor running many sandboxes weighs as much as one running one.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from typing import Any, Literal, Protocol
 
 from .config import SandboxConfig
 from .errors import CallError, PoolError, SandboxError
+from .pacing import Pacer
 from .sandbox.base import Backend, Sandbox
 from .vocabulary import JSON, LANGUAGES, ActorSource, CallContext, EventSink, Language, StateHandler
 
@@ -191,6 +198,12 @@ class SandboxPool:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self._reaper: asyncio.Task[None] | None = None
+        pool = settings.pool
+        self._pacer = (
+            Pacer(pool.max_calls_per_second_per_actor, pool.max_per_actor, pool.acquire_timeout)
+            if pool.max_calls_per_second_per_actor > 0
+            else None
+        )
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -268,6 +281,8 @@ class SandboxPool:
 
         ``timeout`` (seconds) shortens the call's limit below ``sandbox.call_timeout``.
         """
+        if self._pacer is not None:
+            await self._pace(actor, self._pacer)
         member = await self._acquire(actor)
         limit = self._settings.call_timeout
         if timeout is not None:
@@ -333,6 +348,21 @@ class SandboxPool:
         return infos
 
     # -- acquiring ----------------------------------------------------------------------
+
+    async def _pace(self, actor: ActorSource, pacer: Pacer) -> None:
+        """Wait for the actor's next start under ``max_calls_per_second_per_actor``, or
+        refuse the call at once when that is more than ``acquire_timeout`` away."""
+        delay = pacer.reserve(actor.key, time.monotonic())
+        if delay is None:
+            raise PoolError(
+                "pool_exhausted",
+                f"actor {actor.key!r} is paced to {pacer.rate:g} calls/s "
+                f"(max_calls_per_second_per_actor) and its waiting calls fill the next "
+                f"{pacer.max_delay:g} s (acquire_timeout): the call was refused at once",
+                details={"reason": "rate_limited"},
+            )
+        if delay > 0:
+            await asyncio.sleep(delay)
 
     def _group_for(self, actor: ActorSource) -> _ActorGroup:
         group = self._groups.get(actor.key)
@@ -523,6 +553,7 @@ class SandboxPool:
             return
         member = _Bound(sandbox, group)
         group.members.append(member)
+        self._reweigh(group)
         self._hand_over(member)
 
     async def _spawn(self, language: Language, package_dirs: tuple[str, ...] = ()) -> Sandbox:
@@ -614,8 +645,17 @@ class SandboxPool:
             group.members.remove(member)
         with contextlib.suppress(ValueError):
             group.idle.remove(member)
+        self._reweigh(group)
         if not group.members and not group.waiters and self._groups.get(group.actor.key) is group:
             del self._groups[group.actor.key]
+
+    @staticmethod
+    def _reweigh(group: _ActorGroup) -> None:
+        """Give each sandbox of the actor ``1/k`` of one sandbox's CPU weight (``k``: the
+        actor's sandboxes), so that the actor as a whole weighs as one sandbox."""
+        share = 1.0 / max(1, len(group.members))
+        for member in group.members:
+            member.sandbox.set_cpu_share(share)
 
     def _retire(self, member: _Bound) -> None:
         """Throw away a bound sandbox that may not serve again (see ``Sandbox.retire_reason``)."""
@@ -706,6 +746,8 @@ class SandboxPool:
             self._reap_idle(time.monotonic() - idle_timeout)
 
     def _reap_idle(self, used_before: float) -> None:
+        if self._pacer is not None:
+            self._pacer.prune(time.monotonic())
         for group in list(self._groups.values()):
             for member in list(group.idle):
                 if not member.sandbox.alive:

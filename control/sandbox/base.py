@@ -38,6 +38,14 @@ class Sandbox(abc.ABC):
         """Frames dropped because they arrived outside their call, since the last take."""
         return 0
 
+    def set_cpu_share(self, share: float) -> None:
+        """Weigh this sandbox's CPU time against the other sandboxes' (``share`` in (0, 1]:
+        1 is a whole actor's weight). The pool gives an actor with ``k`` sandboxes
+        ``1/k`` each, so one actor flooding the node gets, in all, the CPU weight of one
+        sandbox under contention (and with ``sandbox.cpu_limit_per_actor`` one
+        ``cpu_limit`` in all). A no-op where the backend has no such weight."""
+        return None
+
     @abc.abstractmethod
     async def load(self, actor: ActorSource) -> Mapping[str, JSON]:
         """Load the actor's script; returns its metadata. Raises :class:`SandboxError`."""

@@ -14,8 +14,9 @@ import pytest
 
 from reflow_microsandbox.errors import CallError, PoolError
 from reflow_microsandbox.pool import SandboxPool
+from reflow_microsandbox.sandbox.bubblewrap.backend import BubblewrapBackend
 
-from .conftest import python_actor
+from .conftest import python_actor, settings
 from .test_pool import run
 
 SLOW = python_actor(
@@ -131,3 +132,88 @@ async def test_fair_shares_between_two_busy_actors_at_capacity(make_pool: Any) -
     finally:
         stop.set()
         await asyncio.gather(*callers)
+
+
+def cpu_weight(backend: BubblewrapBackend, sandbox_id: str) -> int:
+    """The sandbox's CPU weight as the host's cgroup holds it (v1 cpu.shares, v2 cpu.weight)."""
+    manager = backend.cgroups
+    assert manager is not None
+    if manager.version == 2:
+        return int((manager.parents["memory"] / sandbox_id / "cpu.weight").read_text())
+    return int((manager.parents["cpu"] / sandbox_id / "cpu.shares").read_text())
+
+
+def cpu_quota(backend: BubblewrapBackend, sandbox_id: str) -> int:
+    """The sandbox's CPU quota in microseconds per 100 ms period, from the host's cgroup."""
+    manager = backend.cgroups
+    assert manager is not None
+    if manager.version == 2:
+        return int((manager.parents["memory"] / sandbox_id / "cpu.max").read_text().split()[0])
+    return int((manager.parents["cpu"] / sandbox_id / "cpu.cfs_quota_us").read_text())
+
+
+@pytest.mark.parametrize("per_actor", [False, True], ids=["quota per sandbox", "per actor"])
+async def test_an_actor_running_many_sandboxes_weighs_on_the_cpu_as_one(per_actor: bool) -> None:
+    # The flooder holds four sandboxes, the quiet actor one: under CPU contention the
+    # flooder's four together must weigh what the quiet actor's one weighs; with
+    # cpu_limit_per_actor their quotas also sum to one cpu_limit (0.5 CPU: 50 ms/100 ms).
+    config = settings(
+        python_max=6, max_per_actor=4, call_timeout=20.0, cpu_limit_per_actor=per_actor
+    )
+    backend = BubblewrapBackend(config)
+    await backend.start()
+    if backend.cgroups is None:
+        await backend.close()
+        pytest.skip("no cgroups here (allow_rlimits_only): no CPU weight to give")
+    pool = SandboxPool(backend, config)
+    await pool.start()
+    try:
+        floods = [asyncio.create_task(run(pool, SLOW, s=8)) for _ in range(4)]
+        await wait_for(lambda: busy(pool, SLOW.key) == 4, "the flooder's four sandboxes to run")
+        assert await run(pool, QUIET) == {"output": "served"}
+        weights: dict[str | None, list[int]] = {}
+        for info in pool.snapshot():
+            if info.actor_key is not None:
+                weights.setdefault(info.actor_key, []).append(cpu_weight(backend, info.sandbox_id))
+        full = 100 if backend.cgroups.version == 2 else 1024
+        assert weights[QUIET.key] == [full]
+        assert weights[SLOW.key] == [full // 4] * 4
+        quotas = {key: [cpu_quota(backend, i.sandbox_id) for i in pool.snapshot()
+                        if i.actor_key == key] for key in (SLOW.key, QUIET.key)}  # fmt: skip
+        assert quotas[QUIET.key] == [50_000]
+        assert quotas[SLOW.key] == [12_500 if per_actor else 50_000] * 4
+        assert busy(pool, SLOW.key) == 4  # read while the flood ran
+        # A warm sandbox (bound to no actor yet) keeps the kernel's default weight.
+        warm = [i.sandbox_id for i in pool.snapshot() if i.state == "warm"]
+        assert all(cpu_weight(backend, sandbox_id) == full for sandbox_id in warm)
+        assert await asyncio.gather(*floods) == [{"output": 1}] * 4
+    finally:
+        await pool.close()
+
+
+FAST = python_actor("fast", "    return 'fast'")
+
+
+async def test_a_paced_actor_waits_its_turn_is_refused_beyond_it_and_others_are_served(
+    make_pool: Any,
+) -> None:
+    # One start per 5 s for each actor (one at once), at most 7 s of waiting: of four
+    # calls at once the first runs, the second waits its turn, the rest are refused.
+    pool = await make_pool(
+        max_per_actor=1, max_calls_per_second_per_actor=0.2, acquire_timeout=7.0
+    )
+    flood = [asyncio.create_task(run(pool, FAST)) for _ in range(4)]
+    await wait_for(lambda: sum(task.done() for task in flood) >= 3, "three flood calls to end")
+    ended = [task.result() if not task.exception() else task.exception()
+             for task in flood if task.done()]  # fmt: skip
+    assert ended[0] == {"output": "fast"}
+    refused = [error for error in ended[1:] if isinstance(error, PoolError)]
+    reasons = [(e.kind, e.details["reason"]) for e in refused]
+    assert reasons == [("pool_exhausted", "rate_limited")] * 2
+    assert "0.2 calls/s" in refused[0].message
+    waiting = [task for task in flood if not task.done()]
+    assert len(waiting) == 1
+    # Another actor is not paced by the flooder's pace: served while the flooder waits.
+    assert await run(pool, QUIET) == {"output": "served"}
+    assert not waiting[0].done()
+    assert await waiting[0] == {"output": "fast"}

@@ -6,9 +6,8 @@ must hold: the call in that sandbox fails with a clear ``crashed`` error, calls 
 other actors are unaffected, the pool refills to its minimum, the node stays ready,
 and the killed sandbox leaves no cgroup behind.
 
-Restarting the Docker engine itself is not done here: on a shared machine it would
-take every other user's containers down with it (see the README's reliability
-section for what that test needs).
+Restarting the Docker engine is test_engine_restart.py (on a private engine: the shared
+one would take every other user's containers down with it).
 """
 
 from __future__ import annotations

@@ -225,6 +225,16 @@ class BubblewrapSandbox(Sandbox):
                 await self.close()
             raise
 
+    def set_cpu_share(self, share: float) -> None:
+        if self._cgroup is not None and not self._closed:
+            try:
+                self._cgroup.set_cpu_share(share)
+                settings = self._backend.settings
+                if settings.cpu_limit_per_actor:
+                    self._cgroup.set_cpu_quota(settings.cpu_limit * share)
+            except OSError as error:  # the cgroup went with its sandbox
+                log.debug("%s: cpu weight not set: %s", self.sandbox_id, error)
+
     def memory_usage(self) -> int | None:
         if self._closed:
             return None

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CPU_PERIOD_US = 100_000
+CPU_SHARES_V1 = 1024  # the kernel's default cpu.shares (cgroup v1)
+CPU_WEIGHT_V2 = 100  # the kernel's default cpu.weight (cgroup v2)
 _counter = itertools.count()
 
 
@@ -100,6 +102,26 @@ class SandboxCgroup:
             if key == "oom_kill":
                 return int(value)
         return 0
+
+    def set_cpu_share(self, share: float) -> None:
+        """Write the CPU weight for ``share`` (0, 1] of the default: ``cpu.shares`` on v1
+        (default 1024, at least 2), ``cpu.weight`` on v2 (default 100, 1..10000). The
+        weight counts only against sibling cgroups under contention; the quota
+        (``cpu.max`` / ``cpu.cfs_quota_us``) stays. Raises OSError when it cannot write."""
+        share = min(max(share, 0.0), 1.0)
+        if self.version == 2:
+            _write(self._file("memory", "cpu.weight"), max(1, round(CPU_WEIGHT_V2 * share)))
+        else:
+            _write(self._file("cpu", "cpu.shares"), max(2, round(CPU_SHARES_V1 * share)))
+
+    def set_cpu_quota(self, cores: float) -> None:
+        """Write the CPU quota (``cpu.max`` on v2, ``cpu.cfs_quota_us`` on v1) for
+        ``cores`` CPUs per period. Raises OSError when it cannot write."""
+        quota = max(1000, int(cores * CPU_PERIOD_US))
+        if self.version == 2:
+            _write(self._file("memory", "cpu.max"), f"{quota} {CPU_PERIOD_US}")
+        else:
+            _write(self._file("cpu", "cpu.cfs_quota_us"), quota)
 
     def pids(self) -> list[int]:
         found: set[int] = set()

@@ -17,6 +17,9 @@ The blocking SDK runs in threads and only when a sandbox is created or removed; 
 the runner pipe alone. Containers are labelled with their owner (:mod:`.owner`):
 ``start()`` removes what a dead predecessor left behind, ``close()`` removes our own, and
 the engine closes a runner's stdin when its owner dies, so the runner exits by itself.
+When the engine goes away (stopped, restarted), sandboxes die with it and their removal
+fails; the first sandbox started once it answers again removes every container of ours
+that no live sandbox owns (``_sweep``), so a restarted engine keeps none of the old ones.
 """
 
 from __future__ import annotations
@@ -194,6 +197,11 @@ class DockerSandbox(Sandbox):
                 f"the sandbox went over its {self._backend.settings.memory_mb} MB memory limit "
                 "and was killed"
             )
+        if not state:
+            return "crashed", (
+                f"the runner's connection ended and the Docker engine does not answer "
+                f"(stopped or restarting?): sandbox {self.sandbox_id} is lost"
+            )
         code = state.get("ExitCode")
         detail = f"the runner exited (container exit code {code})"
         tail = self._stderr_tail.decode("utf-8", "replace").strip()
@@ -219,7 +227,13 @@ class DockerSandbox(Sandbox):
                 self._transport.close()
             else:
                 self._launched.sock.close()
-            await asyncio.to_thread(engine.remove, self._backend.client, self.container_id)
+            try:
+                await asyncio.to_thread(engine.remove, self._backend.client, self.container_id)
+            except Exception as error:
+                # The engine is away (stopped, restarting): the next sandbox started after
+                # it is back removes what it still lists of ours (DockerBackend._sweep).
+                self._backend.engine_lost = True
+                log.warning("could not remove container %s: %s", self.container_id[:12], error)
 
 
 class DockerBackend(Backend):
@@ -232,7 +246,10 @@ class DockerBackend(Backend):
         self.owner = owner or Owner.current()
         self._client: Any = None
         self._sandboxes: set[DockerSandbox] = set()
+        self._launching: set[str] = set()  # names of containers being created
         self.reaped: list[str] = []
+        self.engine_lost = False  # a container could not be removed or started
+        self.swept: list[str] = []  # ids removed after the engine came back
 
     @property
     def client(self) -> Any:
@@ -258,18 +275,28 @@ class DockerBackend(Backend):
 
     async def spawn(self, language: Language, *, package_dirs: Sequence[str] = ()) -> DockerSandbox:
         name = f"reflow-sandbox-{language}-{uuid.uuid4().hex[:12]}"
-        launched = await asyncio.to_thread(
-            engine.launch,
-            self.client,
-            self.settings,
-            language,
-            RUNNER_COMMANDS[language],
-            self.owner.labels(),
-            name,
-            [*self.settings.package_dirs, *package_dirs],
-        )
-        sandbox = DockerSandbox(self, language, launched)
-        self._sandboxes.add(sandbox)
+        self._launching.add(name)
+        try:
+            launched = await asyncio.to_thread(
+                engine.launch,
+                self.client,
+                self.settings,
+                language,
+                RUNNER_COMMANDS[language],
+                self.owner.labels(),
+                name,
+                [*self.settings.package_dirs, *package_dirs],
+            )
+        except BaseException:
+            self.engine_lost = True
+            raise
+        else:
+            sandbox = DockerSandbox(self, language, launched)
+            self._sandboxes.add(sandbox)
+        finally:
+            self._launching.discard(name)
+        if self.engine_lost:
+            await self._sweep()
         try:
             await sandbox.connect()
         except BaseException as error:
@@ -281,6 +308,21 @@ class DockerBackend(Backend):
                 ) from None
             raise
         return sandbox
+
+    async def _sweep(self) -> None:
+        """After the engine was away: remove our containers that no live sandbox (or one
+        being created) owns. The engine may have been restarted and still list the
+        containers of sandboxes that died with it."""
+        keep = {sandbox.container_id for sandbox in self._sandboxes} | self._launching
+        try:
+            removed = await asyncio.to_thread(engine.reap_untracked, self.client, self.owner, keep)
+        except Exception as error:
+            log.warning("could not list this control plane's containers: %s", error)
+            return
+        self.engine_lost = False
+        if removed:
+            log.info("removed %d containers left from before the engine came back", len(removed))
+            self.swept += removed
 
     def enforced_limits(self) -> list[EnforcedLimit]:
         return enforced.for_docker(LANGUAGES)

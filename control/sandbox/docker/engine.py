@@ -229,6 +229,20 @@ def managed_containers(client: Any) -> list[tuple[str, dict[str, str]]]:
     return [(item["Id"], dict(item.get("Labels") or {})) for item in found]
 
 
+def reap_untracked(client: Any, owner: Owner, keep: set[str]) -> list[str]:
+    """Remove this owner's containers whose id or name is not in ``keep``: the ones a
+    restarted engine still lists after their sandboxes died with the old engine (their
+    removal failed while it was away). Raises the SDK's errors when the engine is away."""
+    removed = []
+    found = client.api.containers(all=True, filters={"label": f"{OWNER}={owner.ident}"})
+    for item in found:
+        names = {name.lstrip("/") for name in item.get("Names") or ()}
+        if item["Id"] not in keep and not names & keep:
+            remove(client, item["Id"])
+            removed.append(item["Id"])
+    return removed
+
+
 def reap(client: Any, owner: Owner, *, mine: bool = False) -> list[str]:
     """Remove the containers of dead owners on this host (or, with ``mine``, our own)."""
     removed = []
