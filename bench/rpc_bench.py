@@ -288,8 +288,17 @@ class Bench:
         self.row("ratio at p50 (goal <= 3x)", f"{r50 / b50:8.1f} x")
         self.row("ratio at p99", f"{r99 / b99:8.1f} x")
 
+    def start_profiler(self, pid: int, duration: float) -> subprocess.Popen[bytes]:
+        """py-spy sampling ``pid`` for ``duration`` seconds into ``--profile`` (raw
+        collapsed stacks: one line per stack, its sample count last)."""
+        return subprocess.Popen(
+            ["py-spy", "record", "-p", str(pid), "-d", str(max(1, int(duration))),
+             "-f", "raw", "-o", self.args.profile, "--nonblocking"],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+
     async def throughput(
-        self, ws: str, pid: int
+        self, ws: str, pid: int, profile: bool = False
     ) -> tuple[float, int, float, float, float, float]:
         """N connections calling the doubling actor back to back for D seconds.
 
@@ -317,12 +326,15 @@ class Bench:
         ready = asyncio.Event()
         tasks = [asyncio.create_task(worker(i)) for i in range(connections)]
         await asyncio.sleep(0.5)
+        profiler = self.start_profiler(pid, duration) if profile else None
         server_before, kernel_before, sandboxes_before = cpu_seconds(pid)
         started = time.perf_counter()
         deadline = started + duration
         ready.set()
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - started
+        if profiler is not None:
+            await asyncio.to_thread(profiler.wait)
         server_after, kernel_after, sandboxes_after = cpu_seconds(pid)
         calls = max(1, sum(counts))
         return (
@@ -354,7 +366,7 @@ class Bench:
         self.row("ratio at p50 (goal <= 1.3x) / p99", f"{s50 / i50:8.2f} x / {s99 / i99:.2f} x")
         connections, duration = self.args.connections, self.args.duration
         base = await self.throughput(baseline, baseline_pid)
-        ours = await self.throughput(ws, server_pid)
+        ours = await self.throughput(ws, server_pid, profile=bool(self.args.profile))
         print(f"\nthroughput, doubling actor, {connections} connections, {duration:g} s each")
         self.row("in-process server calls/s, errors", f"{base[0]:8.0f}, {base[1]} errors")
         self.row("this server calls/s, errors", f"{ours[0]:8.0f}, {ours[1]} errors")
@@ -438,6 +450,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="throughput seconds")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--sandboxes", type=int, default=4, help="warm python sandboxes")
+    parser.add_argument("--profile", metavar="FILE", help="py-spy raw profile of the server "
+                        "during its throughput run (needs py-spy on PATH)")  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="rpc-bench-") as workdir:
         asyncio.run(Bench(args, Path(workdir)).run())

@@ -6,7 +6,10 @@
 #
 # k8s/render.sh renders the Kubernetes ConfigMaps' files the same way, with INVENTORY
 # (default compose/inventory.yml), PROMETHEUS_SD_NAME (the DNS name whose addresses are
-# the replicas, default microsandbox) and RENDER_NOTE (default docker-compose).
+# the replicas, default microsandbox), RENDER_NOTE (default docker-compose) and
+# PROMETHEUS_DNS_SD_JOBS (default none: exporter jobs, e.g. "nginx", whose static
+# targets become DNS discoveries of every address of their host name, each keeping its
+# host label).
 #
 # Two adjustments the templates cannot express yet, both deterministic:
 #   - redis.conf loses its requirepass line: the password comes from REDIS_PASSWORD at
@@ -42,12 +45,12 @@ cp "$work/microsandbox/microsandbox.yaml" "$out/microsandbox.yaml"
 cp "$work/nginx/nginx-loadbalancer.conf" "$out/nginx-loadbalancer.conf"
 cp "$work/prometheus/microsandbox-alerts.yml" "$out/rules/microsandbox-alerts.yml"
 "$PYTHON" - "$work/prometheus/prometheus.yml" "$out/prometheus.yml" "$PROMETHEUS_SD_NAME" \
-  "$RENDER_NOTE" <<'PY'
+  "$RENDER_NOTE" "${PROMETHEUS_DNS_SD_JOBS:-}" <<'PY'
 import sys
 
 import yaml
 
-source, dest, sd_name, note = sys.argv[1:]
+source, dest, sd_name, note, sd_jobs = sys.argv[1:]
 text = open(source, encoding="utf-8").read()
 header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
 config = yaml.safe_load(text)
@@ -57,6 +60,16 @@ for job in config["scrape_configs"]:
         del job["static_configs"]
         job["dns_sd_configs"] = [
             {"names": [sd_name], "type": "A", "port": int(port), "refresh_interval": "5s"}
+        ]
+    elif job["job_name"] in sd_jobs.split():
+        (static,) = job.pop("static_configs")
+        ((host, port),) = (t.rsplit(":", 1) for t in static["targets"])
+        job["dns_sd_configs"] = [
+            {"names": [host], "type": "A", "port": int(port), "refresh_interval": "5s"}
+        ]
+        job["relabel_configs"] = [
+            {"target_label": label, "replacement": value}
+            for label, value in static.get("labels", {}).items()
         ]
 class Dumper(yaml.SafeDumper):
     """Indents sequences under their key, as yamllint's default expects."""

@@ -1,7 +1,9 @@
 """The ``reflow-microsandbox`` command: ``serve``, ``check-config``, ``run`` and more.
 
 ``check-config FILE`` is what Ansible's ``validate:`` calls: exit 0 with a one-line
-summary, or non-zero with the config error (naming the key) on stderr. ``run`` is for
+summary, or non-zero with the config error (naming the key) on stderr; either way it
+warns on stderr of each ``MICROSANDBOX_*`` variable that names no key (``serve`` logs the
+same warnings at start). ``run`` is for
 script authors: one execution of one script with inputs from the command line,
 pushes and logs shown as they happen, the outputs printed as JSON.
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .config import ENV_PREFIX, Config, load_config
+from .config_env import unknown_variables
 from .errors import CallError, ConfigError, RegistryError
 from .jsonlimits import huge_number_message, may_hold_huge_number, non_finite_path
 from .jsonrpc import decode_json
@@ -95,6 +98,9 @@ def _redacted(url: str) -> str:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
+    # Warnings, not refusals: deployment tooling sets helpers under the same prefix.
+    for unknown in unknown_variables(os.environ):
+        print(f"{args.file}: warning: {unknown.message()}", file=sys.stderr)
     try:
         config = load_config(args.file)
     except ConfigError as error:
@@ -135,12 +141,17 @@ def _cmd_check_scripts(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    unknown = unknown_variables(os.environ)
     try:
         config = load_config(args.config)
     except ConfigError as error:
+        for variable in unknown:
+            print(f"reflow-microsandbox: warning: {variable.message()}", file=sys.stderr)
         print(f"reflow-microsandbox: {error}", file=sys.stderr)
         return EXIT_CONFIG
     _setup_logging(config)
+    for variable in unknown:
+        logging.getLogger("reflow_microsandbox.config").warning("%s", variable.message())
     from .server import Server
 
     try:

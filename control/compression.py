@@ -90,6 +90,33 @@ def zstd_decompress(data: bytes, max_size: int) -> bytes:
     return b"".join(chunks)
 
 
+def reply_threshold(algorithm: str, threshold: int) -> int | None:
+    """The size (bytes of JSON) above which replies may be compressed, from the
+    ``compression`` config: None when compression is off (``algorithm`` not ``zstd``, or
+    a threshold of 0)."""
+    return threshold if algorithm == "zstd" and threshold > 0 else None
+
+
+def compress_reply(size: int, opted_in: bool, threshold: int | None) -> bool:
+    """Whether a reply or push of ``size`` bytes of JSON goes out as a binary zstd frame.
+
+    The WebSocket policy (Reflow's client contract): only to a client that opted in (it
+    sent a binary frame, or connected with ``?compression=zstd``), and only when the JSON
+    is larger than ``threshold`` (see :func:`reply_threshold`; None: never). Everything
+    else goes out as a text frame.
+    """
+    return opted_in and threshold is not None and size > threshold
+
+
+def inflate_frame(data: bytes, max_size: int) -> bytes:
+    """The JSON a binary frame carries: zstd-decoded when it starts with the zstd magic
+    (at most ``max_size`` bytes, else :class:`DecompressedTooLarge`; corrupt data is
+    :class:`CompressionError`), otherwise the bytes as they are (uncompressed JSON)."""
+    if not is_zstd(data):
+        return data
+    return zstd_decompress(data, max_size)
+
+
 def ratio(original: int, compressed: int) -> float:
     """Compression ratio ``original / compressed`` (1.0 when either side is empty)."""
     if original <= 0 or compressed <= 0:

@@ -214,6 +214,13 @@ class SandboxConfig(_Section):
         lt=30,
         description="Wall-clock limit of one call, in seconds; below Reflow's 30 s client timeout.",
     )
+    start_timeout: float = Field(
+        20.0,
+        gt=0,
+        le=600,
+        description="Seconds a new sandbox may take from its start until its runner reports "
+        "ready, before it is thrown away as unavailable (raise it on slow or emulated hosts).",
+    )
     max_output_bytes: int = Field(
         8 * 1024 * 1024,
         ge=1024,

@@ -1,9 +1,10 @@
-"""JSON-RPC 2.0 without I/O: parse a frame, validate, dispatch to async methods, encode.
+"""The JSON-RPC 2.0 codec, without I/O: parse a frame, build and encode answers.
 
-Transports hand a frame (``bytes`` or ``str``) to :meth:`Dispatcher.parse` and get back
-either one :class:`Request`, a list of them (a batch), or a ready error response.
-They run :meth:`Dispatcher.call` for each request (concurrently if they like) and send
-what :func:`encode` makes of the responses. Nothing here knows about sockets.
+:func:`parse` turns a frame (``bytes`` or ``str``) into one :class:`Request`, a list of
+them (a batch), or a ready error response; :func:`encode_bytes` turns responses into the
+bytes to send; :func:`refusal` is the answer owed to a frame that arrives while the server
+takes no new calls. Running the requests is :mod:`.dispatch`'s business; nothing here
+awaits or knows about sockets.
 
 Two rules from Reflow's client shape the responses: the ``id`` is echoed exactly as
 received (a string stays a string, a number stays the same number), and a success
@@ -19,20 +20,16 @@ turns a response that cannot be encoded into a -32603 error instead of raising.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-# The call-failure family (errors.CallError), under the name this module used before the
-# hierarchy: the dispatcher below is rewritten by issue 10, which renames it there.
-from .errors import CallError as SandboxError
+from .errors import CallError
 from .jsonlimits import (
     MAX_MESSAGE_DEPTH,
     huge_number_message,
@@ -91,7 +88,7 @@ class RpcError(Exception):
         return error
 
 
-def sandbox_rpc_error(error: SandboxError) -> RpcError:
+def sandbox_rpc_error(error: CallError) -> RpcError:
     """The server error that reports a sandbox failure; ``data.kind`` is the failure kind."""
     data: dict[str, JSON] = {"kind": error.kind}
     data.update(error.details)
@@ -271,20 +268,6 @@ def _check_numbers(
     )
 
 
-Ctx = TypeVar("Ctx")
-P = TypeVar("P", bound=BaseModel)
-
-
-@dataclass(frozen=True, slots=True)
-class _Method(Generic[Ctx]):
-    params: type[BaseModel]
-    handler: Callable[[Any, Ctx], Awaitable[JSON]]
-
-
-CallObserver = Callable[[str, str], None]
-"""Called once per answered call with (method label, outcome code label)."""
-
-
 def _field_name(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc) or "params"
 
@@ -296,102 +279,27 @@ def invalid_params(error: ValidationError) -> RpcError:
     return RpcError(INVALID_PARAMS, "invalid params: " + "; ".join(problems), {"fields": fields})
 
 
-class Dispatcher(Generic[Ctx]):
-    """Registered methods, and the one place calls are validated, run and answered.
+SHUTTING_DOWN = RpcError(
+    SANDBOX_ERROR_CODES["unavailable"],
+    "the server is shutting down: send the request to another node",
+    {"kind": "unavailable"},
+)
+"""What a request gets when it arrives after the server stopped taking calls."""
 
-    ``Ctx`` is whatever the transport passes along with each call (the WebSocket
-    connection's push channel, for instance).
-    """
 
-    def __init__(self, observer: CallObserver | None = None) -> None:
-        self._methods: dict[str, _Method[Ctx]] = {}
-        self._observer = observer
-        self.in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    def register(
-        self, name: str, params: type[P], handler: Callable[[P, Ctx], Awaitable[JSON]]
-    ) -> None:
-        """Serve ``name``: params are validated against the ``params`` model first."""
-        self._methods[name] = _Method(params, handler)
-
-    @property
-    def methods(self) -> list[str]:
-        return list(self._methods)
-
-    async def call(self, request: Request, ctx: Ctx) -> Response | None:
-        """Run one request; the response to send, or None for a notification."""
-        method = self._methods.get(request.method)
-        label = request.method if method is not None else "unknown"
-        self.in_flight += 1
-        self._idle.clear()
-        try:
-            if method is None:
-                raise RpcError(METHOD_NOT_FOUND, f"method not found: {request.method!r}")
-            result = await method.handler(self._validate(method, request.params), ctx)
-        except RpcError as error:
-            return self._answer_error(request, label, error)
-        except SandboxError as error:
-            return self._answer_error(request, label, sandbox_rpc_error(error))
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("method %s failed", request.method)
-            return self._answer_error(request, label, RpcError(INTERNAL_ERROR, "internal error"))
-        finally:
-            self.in_flight -= 1
-            if self.in_flight == 0:
-                self._idle.set()
-        if self._observer is not None:
-            self._observer(label, "ok")
-        if request.is_notification:
-            return None
-        return {"jsonrpc": "2.0", "id": request.id, "result": result}
-
-    async def call_batch(self, items: list[Request | Response], ctx: Ctx) -> list[Response]:
-        """Run a batch concurrently; the responses (empty when all were notifications)."""
-        pending = [item for item in items if isinstance(item, Request)]
-        results = iter(await asyncio.gather(*(self.call(item, ctx) for item in pending)))
-        responses: list[Response] = []
-        for item in items:
-            if isinstance(item, Request):
-                answer = next(results)
-            else:
-                answer = item
-                self.rejected(item)
-            if answer is not None:
-                responses.append(answer)
-        return responses
-
-    def rejected(self, response: Response) -> None:
-        """Count a frame that was answered without reaching a method (bad JSON, bad shape)."""
-        if self._observer is not None:
-            self._observer("invalid", str(response["error"]["code"]))
-
-    async def wait_idle(self, timeout: float) -> bool:
-        """Wait until no call is running; False if some still run after ``timeout``."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
-
-    def _validate(self, method: _Method[Ctx], params: JSON) -> BaseModel:
-        if isinstance(params, list):
-            raise RpcError(
-                INVALID_PARAMS,
-                "invalid params: params must be an object (named parameters)",
-                {"fields": ["params"]},
-            )
-        try:
-            return method.params.model_validate(params if params is not None else {})
-        except ValidationError as error:
-            raise invalid_params(error) from None
-
-    def _answer_error(self, request: Request, label: str, error: RpcError) -> Response | None:
-        if self._observer is not None:
-            self._observer(label, str(error.code))
-        if request.is_notification:
-            return None
-        return {"jsonrpc": "2.0", "id": request.id, "error": error.to_object()}
+def refusal(parsed: Parsed) -> Response | list[Response] | None:
+    """The answer to a frame that arrives while the server takes no new calls: each
+    request's own id with :data:`SHUTTING_DOWN` (a notification gets nothing; an item
+    that parsed to an error keeps its own error). None when nothing is owed."""
+    if isinstance(parsed, dict):
+        return parsed
+    items = [parsed] if isinstance(parsed, Request) else parsed
+    answers: list[Response] = []
+    for item in items:
+        if not isinstance(item, Request):
+            answers.append(item)
+        elif not item.is_notification:
+            answers.append({"jsonrpc": "2.0", "id": item.id, "error": SHUTTING_DOWN.to_object()})
+    if isinstance(parsed, Request):
+        return answers[0] if answers else None
+    return answers or None

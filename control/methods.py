@@ -15,8 +15,9 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
+from .dispatch import Dispatcher
 from .errors import CallError, RegistryError
-from .jsonrpc import Dispatcher, RpcError
+from .jsonrpc import RpcError
 from .logbudget import LogBudget
 from .metrics import Metrics
 from .pool import SandboxPool

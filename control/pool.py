@@ -116,6 +116,7 @@ class _Bound:
     calls: int = 0
     last_used: float = field(default_factory=time.monotonic)
     discard_reason: str | None = None  # set when it must go as soon as it is released
+    started: bool = False  # handed over with its waiter's call already sent (start_call)
 
 
 @dataclass(eq=False)
@@ -169,28 +170,9 @@ class _LanguagePool:
         self.failed_warm_ups = 0  # in a row; the retry waits 1, 2, 4 ... 30 s
 
 
-async def _done_or_timeout(
-    loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], timeout: float
-) -> None:
-    """Return once ``future`` is done or after ``timeout`` seconds, never cancelling it.
-
-    ``asyncio.wait({future}, timeout=...)`` without its sets and checks: every call queued
-    for a busy actor waits here, so it is on the hot path under load. Cancellation of the
-    caller propagates, as with ``asyncio.wait``.
-    """
-    wake: asyncio.Future[None] = loop.create_future()
-
-    def done(_: object) -> None:
-        if not wake.done():
-            wake.set_result(None)
-
-    future.add_done_callback(done)
-    timer = loop.call_later(timeout, done, None)
-    try:
-        await wake
-    finally:
-        timer.cancel()
-        future.remove_done_callback(done)
+_Queued = tuple[float, ActorSource, CallContext | None, EventSink | None]
+"""A waiting call: its acquire deadline (loop time), its actor, and the call to send
+as soon as a sandbox is handed to it (None: the caller sends it itself)."""
 
 
 class SandboxPool:
@@ -210,6 +192,11 @@ class SandboxPool:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self._reaper: asyncio.Task[None] | None = None
+        # Calls waiting for a sandbox, oldest first, with their acquire deadline (loop
+        # time): one timer for all of them (:meth:`_expire_waiters`), not one per call.
+        self._queued: dict[asyncio.Future[_Bound], _Queued] = {}
+        self._expiry: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         pool = settings.pool
         self._pacer = (
             Pacer(pool.max_calls_per_second_per_actor, pool.max_per_actor, pool.acquire_timeout)
@@ -259,6 +246,9 @@ class SandboxPool:
     async def close(self) -> None:
         """Kill every sandbox (warm, idle and busy) and fail the waiting calls."""
         self._closing = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         tasks = list(self._tasks)
         if self._reaper is not None:
             tasks.append(self._reaper)
@@ -322,7 +312,8 @@ class SandboxPool:
         events: EventSink,
         timeout: float | None,
     ) -> dict[str, JSON]:
-        member = await self._acquire(actor)
+        member = await self._acquire(actor, context, events)
+        member.started = False  # call() below waits for a call start_call() sent
         limit = self._settings.call_timeout
         if timeout is not None:
             limit = min(limit, timeout)
@@ -371,9 +362,7 @@ class SandboxPool:
         infos: list[SandboxInfo] = []
         for pool in self._languages.values():
             infos.extend(
-                SandboxInfo(
-                    sandbox.sandbox_id, pool.language, "warm", None, sandbox.memory_usage()
-                )
+                SandboxInfo(sandbox.sandbox_id, pool.language, "warm", None, sandbox.memory_usage())
                 for sandbox in pool.warm
             )
         for key, group in self._groups.items():
@@ -466,7 +455,12 @@ class SandboxPool:
                 self._languages[actor.language].waiting[group] = None
         return group
 
-    async def _acquire(self, actor: ActorSource) -> _Bound:
+    async def _acquire(
+        self,
+        actor: ActorSource,
+        context: CallContext | None = None,
+        events: EventSink | None = None,
+    ) -> _Bound:
         if self._closing:
             raise PoolError("unavailable", "the server is shutting down")
         group = self._group_for(actor)
@@ -492,35 +486,67 @@ class SandboxPool:
                 details={"reason": "queue_full", "queued": len(group.waiters)},
             )
         started = time.monotonic()
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:  # looked up once: get_running_loop() costs a getpid(2)
+            loop = self._loop = asyncio.get_running_loop()
         waiter: asyncio.Future[_Bound] = loop.create_future()
         group.waiters.append(waiter)
         self._languages[actor.language].waiting[group] = None
         self._schedule_growth(actor.language)
+        deadline = loop.time() + settings.acquire_timeout
+        self._queued[waiter] = (deadline, actor, context, events)
+        if self._expiry is None:
+            self._expiry = loop.call_at(deadline, self._expire_waiters)
         try:
-            if not waiter.done():
-                await _done_or_timeout(loop, waiter, settings.acquire_timeout)
-            if not waiter.done():
-                raise PoolError(
-                    "pool_exhausted",
-                    f"no {actor.language} sandbox for actor {actor.key!r} within "
-                    f"{settings.acquire_timeout:g} s (max_instances "
-                    f"{self._max(actor.language)}, max_per_actor {settings.max_per_actor})",
-                    details={"reason": "timeout"},
-                )
-            member = waiter.result()
+            # A timeout arrives as the waiter's exception (pool_exhausted).
+            member = await waiter
         except BaseException:
             self._abandon(group, waiter)
             raise
+        finally:
+            self._queued.pop(waiter, None)
         self._observer.acquire_waited(actor.language, time.monotonic() - started)
         return member
+
+    def _expire_waiters(self) -> None:
+        """The waiting calls' one timer fired: fail each call that has waited
+        ``acquire_timeout`` (``pool_exhausted``), then re-arm for the oldest one left.
+
+        Every call waits the same ``acquire_timeout``, so the oldest waiter has the
+        earliest deadline and the queue is swept from its front.
+        """
+        self._expiry = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        queued = self._queued
+        settings = self._settings.pool
+        while queued:
+            waiter, (deadline, actor, _, _) = next(iter(queued.items()))
+            if deadline > now:
+                self._expiry = loop.call_at(deadline, self._expire_waiters)
+                return
+            del queued[waiter]
+            if not waiter.done():
+                waiter.set_exception(
+                    PoolError(
+                        "pool_exhausted",
+                        f"no {actor.language} sandbox for actor {actor.key!r} within "
+                        f"{settings.acquire_timeout:g} s (max_instances "
+                        f"{self._max(actor.language)}, max_per_actor "
+                        f"{settings.max_per_actor})",
+                        details={"reason": "timeout"},
+                    )
+                )
 
     def _abandon(self, group: _ActorGroup, waiter: asyncio.Future[_Bound]) -> None:
         """A waiter gave up: take it out of the queue, and pass on a sandbox it was given."""
         with contextlib.suppress(ValueError):
             group.waiters.remove(waiter)
         if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-            self._release(waiter.result())
+            member = waiter.result()
+            if member.started:  # its call was sent: the runner's state is unknown now
+                member.discard_reason = member.discard_reason or "cancelled"
+            self._release(member)
         elif not waiter.done():
             waiter.cancel()
 
@@ -715,6 +741,11 @@ class SandboxPool:
             if not waiter.done():
                 member.busy = True
                 waiter.set_result(member)
+                # Send the waiter's call now: the runner would otherwise sit idle until
+                # the waiter's task runs, a loop round or two later.
+                queued = self._queued.get(waiter)
+                if queued is not None and queued[2] is not None and queued[3] is not None:
+                    member.started = member.sandbox.start_call(queued[2], queued[3])
                 return
         member.busy = False
         group.idle.append(member)

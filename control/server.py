@@ -16,9 +16,9 @@ import signal
 from types import TracebackType
 
 from .config import Config
+from .dispatch import Dispatcher
 from .functions.http_api import FunctionRoutes
 from .functions.setup import build_function_service
-from .jsonrpc import Dispatcher
 from .logbudget import LogBudget
 from .methods import Api, CallScope
 from .metrics import Metrics

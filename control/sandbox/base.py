@@ -50,6 +50,13 @@ class Sandbox(abc.ABC):
     async def load(self, actor: ActorSource) -> Mapping[str, JSON]:
         """Load the actor's script; returns its metadata. Raises :class:`SandboxError`."""
 
+    def start_call(self, context: CallContext, events: EventSink) -> bool:
+        """Send the call now, before :meth:`call` is awaited with the same ``context``
+        (which then waits for it); True when sent. The pool uses it to hand a freed
+        sandbox to the next waiting call without leaving the runner idle until that
+        call's task runs. A backend that does not support it returns False."""
+        return False
+
     @abc.abstractmethod
     async def call(
         self,

@@ -81,6 +81,13 @@ class RunnerClient(asyncio.Protocol):
         self._sink: EventSink | None = None
         self._retire_logged = False
         self._strays_seen = 0
+        self._started: CallContext | None = None  # sent by start_call(), not yet awaited
+        self._call_task: asyncio.Task[Any] | None = None  # the task awaiting call()
+        self._deadline = 0.0  # loop time the running call must end by
+        self._timer: asyncio.TimerHandle | None = None  # the runner's one call timer
+        self._timer_when = 0.0
+        self._expired: asyncio.Task[Any] | None = None  # a call task the timer cancelled
+        self._cancelling = 0  # that task's cancel requests before the timer's
         self.stray_frames = 0
         """Stray frames dropped and not yet taken by :meth:`take_stray_frames`."""
 
@@ -127,6 +134,7 @@ class RunnerClient(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._transport = None
+        self._stop_timer()
         self._wakeup()
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
@@ -181,27 +189,88 @@ class RunnerClient(asyncio.Protocol):
         *,
         timeout: float,
     ) -> dict[str, JSON]:
-        """Run the loaded actor once and return its outputs (see ``Sandbox.call``)."""
-        if self.broken:
-            raise SandboxError("crashed", f"{self._label} is no longer usable")
-        self._events.clear()
-        self._protocol.send_call(context)
-        self._sink = events
-        self._pump()
+        """Run the loaded actor once and return its outputs (see ``Sandbox.call``).
+
+        The time limit covers everything the call awaits (its events, the state store,
+        pushes to a slow client), as ``asyncio.timeout`` would, but with one timer per
+        runner instead of one per call (:meth:`_arm_deadline`).
+        """
+        if self._started is context:
+            self._started = None  # already sent by start_call(): its events may be queued
+        else:
+            if self.broken:
+                raise SandboxError("crashed", f"{self._label} is no longer usable")
+            self._events.clear()
+            self._protocol.send_call(context)
+            self._sink = events
+            self._pump()
+        loop = self._loop
+        if loop is None:  # looked up once: get_running_loop() costs a getpid(2)
+            loop = self._loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
+        assert task is not None
+        self._call_task = task
+        self._arm_deadline(loop, loop.time() + timeout)
         try:
-            async with asyncio.timeout(timeout):
-                if self._writable is not None and not self._writable.done():
-                    await self._writable
-                finished = await self._finished(state, events)
-        except TimeoutError:
-            raise self._abandon(
-                "timeout", f"the call ran longer than {timeout:g} s and was stopped"
-            ) from None
+            if self._writable is not None and not self._writable.done():
+                await self._writable
+            finished = await self._finished(state, events)
+        except asyncio.CancelledError:
+            if self._expired is task and task.uncancel() <= self._cancelling:
+                raise self._abandon(
+                    "timeout", f"the call ran longer than {timeout:g} s and was stopped"
+                ) from None
+            raise
         finally:
             self._sink = None
+            self._call_task = None
+            self._expired = None
         if finished.error is not None:
             raise finished.error
         return cast(dict[str, JSON], finished.value)
+
+    def start_call(self, context: CallContext, events: EventSink) -> bool:
+        """Send the call frame now; :meth:`call` with the same ``context`` then waits
+        for it (its time limit starts there). False (nothing sent) when the runner is
+        broken or a call was already started and not yet awaited."""
+        if self.broken or self._started is not None or self._sink is not None:
+            return False
+        self._events.clear()
+        self._protocol.send_call(context)
+        self._sink = events
+        self._started = context
+        self._pump()
+        return True
+
+    def _arm_deadline(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        """Set the running call's deadline; the runner's one timer fires at or before it.
+
+        Calls last far less than their limit, so the timer armed for an earlier call is
+        usually still pending and due earlier: it is kept and, when it fires, re-armed
+        for the deadline of the call running then (:meth:`_deadline_passed`).
+        """
+        self._deadline = deadline
+        timer = self._timer
+        if timer is None or self._timer_when > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer_when = deadline
+            self._timer = loop.call_at(deadline, self._deadline_passed)
+
+    def _deadline_passed(self) -> None:
+        """The timer fired: cancel the running call if its deadline has come (the call
+        turns that into a ``timeout``), re-arm for a later deadline, or rest."""
+        self._timer = None
+        task = self._call_task
+        if task is None or self._loop is None:
+            return
+        if self._loop.time() >= self._deadline:
+            self._expired = task
+            self._cancelling = task.cancelling()
+            task.cancel()
+        else:
+            self._timer_when = self._deadline
+            self._timer = self._loop.call_at(self._deadline, self._deadline_passed)
 
     async def on_capture(self, data: bytes) -> None:
         """Raw bytes the runner's processes wrote to fd 1/2 (the backend's capture stream).
@@ -221,8 +290,14 @@ class RunnerClient(asyncio.Protocol):
         except Exception as error:
             self._protocol.side_failure(error)
 
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def close_transport(self) -> None:
         """Close the channel to the runner (the backend ends the process itself)."""
+        self._stop_timer()
         if not self._protocol.broken:
             self._protocol.abandon("crashed", f"{self._label} was closed")
         if self._transport is not None:

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from aiohttp import web
 
 from .. import jsonrpc
-from ..jsonrpc import Dispatcher, Request
+from ..dispatch import Dispatcher
 from ..methods import CallScope
 from ..metrics import CONTENT_TYPE, Metrics
 from .auth import TokenAuth
@@ -27,27 +27,6 @@ ReadyCheck = Callable[[], Awaitable[list[str]]]
 
 _JSON = "application/json"
 _COLLECT = CallScope(push=None)
-
-
-def _shutting_down(
-    parsed: jsonrpc.Parsed,
-) -> jsonrpc.Response | list[jsonrpc.Response]:
-    """The answer to a body that arrives while the server drains: each request's own
-    id with the ``unavailable`` error (a frame that parsed to an error keeps its own)."""
-
-    def refuse(item: Request | jsonrpc.Response) -> jsonrpc.Response:
-        if not isinstance(item, Request):
-            return item
-        return jsonrpc.error_response(
-            item.id,
-            jsonrpc.SANDBOX_ERROR_CODES["unavailable"],
-            "the server is shutting down: send the request to another node",
-            {"kind": "unavailable"},
-        )
-
-    if isinstance(parsed, list):
-        return [refuse(item) for item in parsed]
-    return refuse(parsed)
 
 
 def unreadable_body(error: web.RequestPayloadError) -> str:
@@ -141,45 +120,24 @@ class HttpTransport:
                 status=401,
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        reply: jsonrpc.Response | list[jsonrpc.Response] | None
-        status = 200
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge as error:
-            status = error.status
-            reply = jsonrpc.error_response(
-                None, jsonrpc.INVALID_REQUEST, f"invalid request: {error.text or error.reason}"
+            data: bytes | None = self._dispatcher.reject(
+                jsonrpc.INVALID_REQUEST, f"invalid request: {error.text or error.reason}"
             )
-            self._dispatcher.rejected(reply)
+            return web.Response(body=data, status=error.status, content_type=_JSON)
         except web.RequestPayloadError as error:
-            status = 400
-            reply = jsonrpc.error_response(
-                None, jsonrpc.PARSE_ERROR, f"parse error: {unreadable_body(error)}"
+            data = self._dispatcher.reject(
+                jsonrpc.PARSE_ERROR, f"parse error: {unreadable_body(error)}"
             )
-            self._dispatcher.rejected(reply)
-        else:
-            if self._draining:  # nothing runs: 503 lets a balancer retry on another node
-                data = jsonrpc.encode_bytes(_shutting_down(jsonrpc.parse(body))) or b""
-                return web.Response(body=data, status=503, content_type=_JSON)
-            reply = await self._answer(body)
-        if reply is None:
-            return web.Response(status=204)
-        data = jsonrpc.encode_bytes(reply) or b""
-        return web.Response(body=data, status=status, content_type=_JSON)
-
-    async def _answer(self, body: bytes) -> jsonrpc.Response | list[jsonrpc.Response] | None:
-        """The JSON-RPC answer to a request body; an unexpected failure is -32603."""
-        try:
-            parsed = jsonrpc.parse(body)
-            if isinstance(parsed, dict):
-                self._dispatcher.rejected(parsed)
-                return parsed
-            if isinstance(parsed, Request):
-                return await self._dispatcher.call(parsed, _COLLECT)
-            return await self._dispatcher.call_batch(parsed, _COLLECT) or None
-        except Exception:
-            log.exception("an HTTP JSON-RPC request failed outside the dispatcher")
-            return jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, "internal error")
+            return web.Response(body=data, status=400, content_type=_JSON)
+        # While draining nothing runs: 503 lets a balancer retry on another node.
+        refuse = self._draining
+        data = await self._dispatcher.answer(body, _COLLECT, refuse=refuse)
+        if data is None:
+            return web.Response(status=503 if refuse else 204)
+        return web.Response(body=data, status=503 if refuse else 200, content_type=_JSON)
 
 
 class MetricsEndpoint:

@@ -1,4 +1,4 @@
-"""The WebSocket JSON-RPC transport (port 5556), a thin shell over :mod:`..jsonrpc`.
+"""The WebSocket JSON-RPC transport (port 5556): moves frames to and from :mod:`..dispatch`.
 
 Framing rules, all from Reflow's client contract:
 
@@ -28,8 +28,9 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from http import HTTPStatus
+from typing import Any
 
 import zstandard
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -39,10 +40,16 @@ from websockets.http11 import Request as HttpRequest
 from websockets.http11 import Response as HttpResponse
 
 from .. import jsonrpc
-from ..compression import CompressionError, DecompressedTooLarge, is_zstd, zstd_decompress
+from ..compression import (
+    CompressionError,
+    DecompressedTooLarge,
+    compress_reply,
+    inflate_frame,
+    reply_threshold,
+)
 from ..config import Config
+from ..dispatch import Dispatcher
 from ..functions.routes import function_route, malformed_function_path
-from ..jsonrpc import Dispatcher, Request, Response
 from ..methods import CallScope, FunctionTarget
 from ..metrics import Metrics
 from ..vocabulary import JSON
@@ -62,12 +69,6 @@ DRAIN_IDLE_CLOSE = 1.0
 closes it. Longer than a client's pause between a reply and its next call (so that
 call is sent before the Close, and answered), short enough for a drain of seconds."""
 DRAIN_GOING_AWAY = "server draining: reconnect"
-
-SHUTTING_DOWN = jsonrpc.RpcError(
-    jsonrpc.SANDBOX_ERROR_CODES["unavailable"],
-    "the server is shutting down",
-    {"kind": "unavailable"},
-)
 
 
 class _Peer:
@@ -102,8 +103,9 @@ class WsTransport:
         self._auth = auth
         self._metrics = metrics
         self._max_size = config.server.max_message_size
-        compress = config.compression.algorithm == "zstd" and config.compression.threshold > 0
-        self._threshold = config.compression.threshold if compress else None
+        self._threshold = reply_threshold(
+            config.compression.algorithm, config.compression.threshold
+        )
         self._compressor = zstandard.ZstdCompressor(level=config.compression.level)
         self._server: Server | None = None
         self._draining = False
@@ -212,64 +214,50 @@ class WsTransport:
 
     async def _read_loop(self, peer: _Peer) -> None:
         conn = peer.conn
+        limit = peer.limit
+        tasks = peer.tasks
+        loop = asyncio.get_running_loop()
         async for message in conn:
-            peer.last_frame = asyncio.get_running_loop().time()
+            peer.last_frame = loop.time()
             if peer.closing:
                 continue  # crossed our Close: it cannot be answered here, so it is not run
             if isinstance(message, bytes):
                 peer.zstd = True
                 try:
-                    text: bytes | str = self._inflate(message)
+                    frame: bytes | str = self._inflate(message)
                 except DecompressedTooLarge:
                     await conn.close(CloseCode.MESSAGE_TOO_BIG, "decompressed message too big")
                     return
                 except CompressionError as error:
-                    self._reject(
-                        peer,
-                        jsonrpc.error_response(None, jsonrpc.PARSE_ERROR, f"parse error: {error}"),
-                    )
+                    data = self._dispatcher.reject(jsonrpc.PARSE_ERROR, f"parse error: {error}")
+                    self._spawn(peer, self._send(peer, data))
                     continue
             else:
-                text = message
-            try:
-                parsed = jsonrpc.parse(text)
-            except Exception:  # parse promises not to raise; the connection outlives a bug
-                log.exception("parsing a WebSocket message failed")
-                parsed = jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, "internal error")
-            if isinstance(parsed, dict):
-                self._reject(peer, parsed)
-                continue
-            await peer.limit.acquire()
+                frame = message
+            # One task per frame, started in arrival order: calls of one actor reach the
+            # pool's queue in the order they were sent (nothing awaits before that).
+            await limit.acquire()
             peer.calls += 1
-            task = asyncio.create_task(self._run(peer, parsed))
-            peer.tasks.add(task)
-            task.add_done_callback(peer.tasks.discard)
+            task = loop.create_task(self._run(peer, frame))  # no get_running_loop()
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
 
     def _inflate(self, data: bytes) -> bytes:
-        if not is_zstd(data):
-            return data  # uncompressed JSON in a binary frame
-        plain = zstd_decompress(data, self._max_size)
-        self._metrics.compressed(len(plain), len(data))
+        plain = inflate_frame(data, self._max_size)
+        if plain is not data:
+            self._metrics.compressed(len(plain), len(data))
         return plain
 
-    def _reject(self, peer: _Peer, response: Response) -> None:
-        self._dispatcher.rejected(response)
-        task = asyncio.create_task(self._send(peer, response))
+    def _spawn(self, peer: _Peer, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
         peer.tasks.add(task)
         task.add_done_callback(peer.tasks.discard)
 
-    async def _run(self, peer: _Peer, parsed: Request | list[Request | Response]) -> None:
+    async def _run(self, peer: _Peer, frame: bytes | str) -> None:
         try:
-            scope = peer.scope
-            reply: Response | list[Response] | None
-            if peer.closing:
-                reply = self._refuse(parsed)
-            elif isinstance(parsed, Request):
-                reply = await self._dispatcher.call(parsed, scope)
-            else:
-                reply = await self._dispatcher.call_batch(parsed, scope) or None
-            if reply is not None:
-                await self._send(peer, reply)
+            data = await self._dispatcher.answer(frame, peer.scope, refuse=peer.closing)
+            if data is not None:
+                await self._send(peer, data)
         except Exception:
             log.exception("a WebSocket call failed outside the dispatcher")
         finally:
@@ -283,9 +271,7 @@ class WsTransport:
         if peer.closing:
             return
         peer.closing = True
-        task = asyncio.create_task(self._going_away(peer.conn))
-        peer.tasks.add(task)
-        task.add_done_callback(peer.tasks.discard)
+        self._spawn(peer, self._going_away(peer.conn))
 
     @staticmethod
     async def _going_away(conn: ServerConnection) -> None:
@@ -303,33 +289,15 @@ class WsTransport:
                     self._close_peer(peer)
             await asyncio.sleep(DRAIN_IDLE_CLOSE / 10)
 
-    def _refuse(
-        self, parsed: Request | list[Request | Response]
-    ) -> Response | list[Response] | None:
-        items = [parsed] if isinstance(parsed, Request) else parsed
-        answers: list[Response] = []
-        for item in items:
-            if isinstance(item, Request):
-                if not item.is_notification:
-                    answers.append(
-                        {"jsonrpc": "2.0", "id": item.id, "error": SHUTTING_DOWN.to_object()}
-                    )
-            else:
-                answers.append(item)
-        if isinstance(parsed, Request):
-            return answers[0] if answers else None
-        return answers or None
-
     async def _notify(self, peer: _Peer, method: str, params: JSON) -> None:
-        await self._send(peer, jsonrpc.notification(method, params))
+        data = jsonrpc.encode_bytes(jsonrpc.notification(method, params))
+        if data is not None:
+            await self._send(peer, data)
 
-    async def _send(self, peer: _Peer, message: Response | list[Response]) -> None:
-        """Text, or a binary zstd frame for an opted-in peer when the JSON is large."""
-        data = jsonrpc.encode_bytes(message)
-        if data is None:
-            return
+    async def _send(self, peer: _Peer, data: bytes) -> None:
+        """UTF-8 JSON as text, or as a binary zstd frame when :func:`compress_reply` says."""
         try:
-            if peer.zstd and self._threshold is not None and len(data) > self._threshold:
+            if compress_reply(len(data), peer.zstd, self._threshold):
                 compressed = self._compressor.compress(data)
                 self._metrics.compressed(len(data), len(compressed))
                 await peer.conn.send(compressed)

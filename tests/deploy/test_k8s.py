@@ -16,6 +16,8 @@ import filecmp
 import itertools
 import shutil
 import subprocess
+import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ import yaml
 
 from tests.conftest import REPO_ROOT
 
-from .support import require_engine, run_script
+from .support import require_engine, run_script, wait_for
 
 OVERLAYS = ("trial", "production")
 # The oldest Kubernetes whose defaults run the pod as written (user namespaces and
@@ -252,6 +254,9 @@ def test_services_balancer_redis_prometheus_and_policies_fit_together(
     assert to_redis["ingress"] == [{
         "from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "microsandbox"}}}],
         "ports": [{"protocol": "TCP", "port": redis_port}],
+    }, {
+        "from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}],
+        "ports": [{"protocol": "TCP", "port": 9121}],
     }]
 
     # The disruption budget and the autoscaler point at the control plane.
@@ -260,6 +265,193 @@ def test_services_balancer_redis_prometheus_and_policies_fit_together(
     hpa = _one(docs, "HorizontalPodAutoscaler", "microsandbox")
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
                                               "name": "microsandbox"}
+
+
+def _sidecar(workload: Doc, name: str) -> Doc:
+    (container,) = [c for c in workload["spec"]["template"]["spec"]["containers"]
+                    if c["name"] == name]
+    return container
+
+
+def _flags(container: Doc) -> dict[str, str]:
+    """``-flag=value`` arguments as a mapping (the exporters' flag style)."""
+    return dict(arg.lstrip("-").split("=", 1) for arg in container["args"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_redis_and_nginx_exporters_run_beside_what_they_export_and_are_scraped(
+    rendered: dict[str, list[Doc]], overlay: str, tmp_path: Path,
+) -> None:
+    """As docker-stack.yml runs them: Debian's exporters, the images
+    scripts/build-service-images.sh builds, the Redis password from the Secret; each on a
+    port Prometheus's rendered config scrapes and the NetworkPolicies let it reach."""
+    docs = rendered[overlay]
+    stack = yaml.safe_load((REPO_ROOT / "docker-stack.yml").read_text())["services"]
+    redis = _one(docs, "StatefulSet", "redis")
+    balancer = _one(docs, "Deployment", "balancer")
+    redis_exporter = _sidecar(redis, "redis-exporter")
+    nginx_exporter = _sidecar(balancer, "nginx-exporter")
+    for container, service in ((redis_exporter, "redis-exporter"),
+                               (nginx_exporter, "nginx-exporter")):
+        # docker-stack.yml's default (${REDIS_EXPORTER_IMAGE:-IMAGE}), or from the registry.
+        image = stack[service]["image"].split(":-", 1)[1].rstrip("}")
+        if overlay == "production":
+            image = image.replace("reflow-microsandbox/compose-",
+                                  "registry.example.com/reflow/microsandbox-").replace(
+                                      ":latest", ":0.1.0")
+        assert container["image"] == image
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+
+    # Redis: over the pod's loopback on the config's port, authenticated by the Secret.
+    redis_conf = _config(docs, "redis-config", "redis.conf")
+    redis_port = int(next(line.split()[1] for line in redis_conf.splitlines()
+                          if line.startswith("port ")))
+    flags = _flags(redis_exporter)
+    assert flags["redis.addr"] == f"redis://127.0.0.1:{redis_port}"
+    secret = _one(docs, "Secret", "microsandbox-secrets")
+    assert _env(redis_exporter)["REDIS_PASSWORD"]["secretKeyRef"] == {
+        "name": secret["metadata"]["name"], "key": "redis-password"}
+    redis_metrics = int(flags["web.listen-address"].rsplit(":", 1)[1])
+    assert {"name": "metrics", "containerPort": redis_metrics} in redis_exporter["ports"]
+
+    # nginx: the stub_status server the rendered balancer config serves on loopback.
+    nginx_conf = _config(docs, "balancer-config", "loadbalancer.conf")
+    status_server = nginx_conf[nginx_conf.index("location = /stub_status") - 80:]
+    status_listen = next(line.split()[1].rstrip(";") for line in status_server.splitlines()
+                         if line.strip().startswith("listen "))
+    flags = _flags(nginx_exporter)
+    assert flags["nginx.scrape-uri"] == f"http://{status_listen}/stub_status"
+    assert status_listen.startswith("127.0.0.1:")
+    nginx_metrics = int(flags["web.listen-address"].rsplit(":", 1)[1])
+    assert {"name": "metrics", "containerPort": nginx_metrics} in nginx_exporter["ports"]
+
+    # Prometheus's rendered config names each exporter: Redis's one pod through its
+    # headless Service, every balancer pod through balancer-metrics (DNS discovery).
+    text = _config(docs, "prometheus-config", "prometheus.yml")
+    prometheus = yaml.safe_load(text)
+    jobs = {j["job_name"]: j for j in prometheus["scrape_configs"]}
+    (redis_static,) = jobs["redis"]["static_configs"]
+    assert redis_static["targets"] == [f"redis-service:{redis_metrics}"]
+    assert redis_static["labels"] == {"host": "redis"}
+    redis_service = _one(docs, "Service", "redis-service")
+    assert redis_service["spec"]["clusterIP"] == "None"
+    (nginx_sd,) = jobs["nginx"]["dns_sd_configs"]
+    assert nginx_sd["port"] == nginx_metrics
+    metrics = _one(docs, "Service", nginx_sd["names"][0])
+    assert metrics["spec"]["clusterIP"] == "None"
+    assert metrics["spec"]["publishNotReadyAddresses"] is True
+    assert metrics["spec"]["selector"].items() <= (
+        balancer["spec"]["template"]["metadata"]["labels"].items())
+    assert jobs["nginx"]["relabel_configs"] == [{"target_label": "host",
+                                                 "replacement": "balancer"}]
+    if overlay == "production":  # every image of every pod comes from the registry
+        images = {c["image"] for d in docs if d["kind"] in ("Deployment", "StatefulSet")
+                  for c in d["spec"]["template"]["spec"]["containers"]}
+        assert all(i.startswith("registry.example.com/") for i in images), images
+
+    # Every alert on the exporters' series has a job to fire from.
+    alerts = _config(docs, "prometheus-rules", "microsandbox-alerts.yml")
+    assert 'job="redis"' in alerts and 'job="nginx"' in alerts
+    path = tmp_path / "prometheus.yml"
+    path.write_text(text)
+    check = subprocess.run(["promtool", "check", "config", "--syntax-only", str(path)],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    # Only Prometheus reaches the exporters' ports.
+    policies = [d["spec"] for d in docs if d["kind"] == "NetworkPolicy"]
+    for labels, port in ((redis["spec"]["template"]["metadata"]["labels"], redis_metrics),
+                         (balancer["spec"]["template"]["metadata"]["labels"], nginx_metrics)):
+        allowed = [rule for p in policies if p["podSelector"].get("matchLabels")
+                   and p["podSelector"]["matchLabels"].items() <= labels.items()
+                   for rule in p.get("ingress", [])
+                   if any(x["port"] == port for x in rule["ports"])]
+        assert [rule["from"] for rule in allowed] == [
+            [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]]
+
+
+def _docker(*argv: str) -> str:
+    result = subprocess.run(["docker", *argv], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"docker {argv[:2]}: {result.stderr}"
+    return result.stdout.strip()
+
+
+def _scrape(address: str, series: str) -> str | None:
+    """The exporter's /metrics once ``series`` is in it, else None (not up yet)."""
+    try:
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=3) as response:
+            text: str = response.read().decode()
+    except OSError:
+        return None
+    return text if series in text.splitlines() else None
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(600)
+def test_the_exporter_sidecars_export_what_they_sit_beside(
+    rendered: dict[str, list[Doc]], tmp_path: Path,
+) -> None:
+    """Each pod's two containers, run as Docker containers sharing one network namespace
+    (as a pod's do) with the rendered images, args, env and configs: the Redis exporter
+    logs in with the Secret's password over loopback (redis_up 1), the nginx exporter
+    reads nginx's loopback-only stub_status (nginx_up 1). A wrong password shows as
+    redis_up 0, so the first check is not one that cannot fail."""
+    require_engine()
+    run_script("scripts/build-service-images.sh")
+    docs = rendered["trial"]  # the trial overlay keeps the locally built images
+    redis = _one(docs, "StatefulSet", "redis")
+    balancer = _one(docs, "Deployment", "balancer")
+    (tmp_path / "redis.conf").write_text(_config(docs, "redis-config", "redis.conf"))
+    (tmp_path / "loadbalancer.conf").write_text(
+        _config(docs, "balancer-config", "loadbalancer.conf"))
+    started: list[str] = []
+    # A network of its own (the engine's default bridge may be disabled), reached from here.
+    network = _docker("network", "create", f"msb-k8s-exporters-{uuid.uuid4().hex[:12]}")
+
+    def run(*argv: str) -> str:
+        if argv[0] != "--network":
+            argv = ("--network", network, *argv)
+        started.append(_docker("run", "-d", "--rm", *argv))
+        return started[-1]
+
+    def address(container: str, port: int) -> str:
+        ip = _docker("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                     container)
+        return f"{ip}:{port}"
+
+    def exporter(pod: str, container: Doc, password: str | None = None) -> str:
+        env = ["-e", f"REDIS_PASSWORD={password}"] if password is not None else []
+        run("--network", f"container:{pod}", "--read-only", "--cap-drop", "ALL",
+            "--security-opt", "no-new-privileges", *env, container["image"],
+            *container["args"])
+        return address(pod, int(_flags(container)["web.listen-address"].rsplit(":", 1)[1]))
+
+    try:
+        password = "k8s-exporter-test-password"
+        pod = run("--read-only", "--tmpfs", "/data:uid=100,gid=101", "--cap-drop", "ALL",
+                  "-e", f"REDIS_PASSWORD={password}",
+                  "-v", f"{tmp_path / 'redis.conf'}:/etc/redis/microsandbox.conf:ro",
+                  _container(redis)["image"])
+        wrong = exporter(pod, _sidecar(redis, "redis-exporter"), "not-the-password")
+        wait_for("the exporter with a wrong password", lambda: _scrape(wrong, "redis_up 0"),
+                 tries=60)
+        _docker("rm", "-f", started.pop())
+        right = exporter(pod, _sidecar(redis, "redis-exporter"), password)
+        metrics = wait_for("redis_up 1", lambda: _scrape(right, "redis_up 1"), tries=60)
+        assert "redis_connected_clients" in metrics
+
+        nginx = _container(balancer)
+        pod = run("--add-host", "microsandbox:127.0.0.1",
+                  "-v", f"{tmp_path / 'loadbalancer.conf'}:/etc/nginx/conf.d/lb.conf:ro",
+                  nginx["image"])
+        scraped = exporter(pod, _sidecar(balancer, "nginx-exporter"))
+        metrics = wait_for("nginx_up 1", lambda: _scrape(scraped, "nginx_up 1"), tries=60)
+        assert "nginx_connections_accepted" in metrics
+    finally:
+        for container in reversed(started):
+            subprocess.run(["docker", "rm", "-f", container], capture_output=True, timeout=60)
+        subprocess.run(["docker", "network", "rm", network], capture_output=True, timeout=60)
 
 
 def test_the_production_overlay_is_shaped_like_the_guide(

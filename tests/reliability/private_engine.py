@@ -3,7 +3,10 @@
 Restarting the shared engine would stop every other user's containers, so the engine
 restart fault runs against a dockerd of the test's own: ``--host`` a unix socket in a
 temp folder, its own ``--data-root``, ``--exec-root`` and ``--pidfile``, no bridge, no
-iptables rules, no userland proxy (sandboxes have no network). That dockerd starts its own
+iptables rules, no userland proxy (sandboxes have no network), and a network namespace of
+its own (``unshare --net``): a dockerd started with ``--bridge=none`` deletes the host's
+``docker0`` at start (moby's ``removeDefaultBridgeInterface``), the shared engine's
+default bridge, which broke every later ``docker build``. That dockerd starts its own
 containerd (under the exec root). The runner images are copied from the shared engine
 (``docker save | docker load``, about 10 s). :meth:`PrivateEngine.close` kills whatever
 of it still runs (dockerd, containerd, shims, found by the folder in their command line
@@ -32,6 +35,8 @@ def unavailable_reason() -> str | None:
         return "dockerd is not installed"
     if os.geteuid() != 0:
         return "a private dockerd needs root"
+    if shutil.which("unshare") is None:
+        return "unshare(1) is not installed (the private dockerd needs a network namespace)"
     return None
 
 
@@ -48,6 +53,9 @@ class PrivateEngine:
 
     def command(self) -> list[str]:
         return [
+            "unshare",
+            "--net",
+            "--",
             "dockerd",
             f"--host={self.host}",
             f"--data-root={self.dir / 'data'}",

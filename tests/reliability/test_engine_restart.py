@@ -23,6 +23,7 @@ import asyncio
 import signal
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -44,6 +45,8 @@ async def engine() -> AsyncIterator[PrivateEngine]:
     reason = unavailable_reason()
     if reason is not None:
         pytest.skip(f"no private Docker engine: {reason}")
+    shared_bridge = Path("/sys/class/net/docker0")
+    had_bridge = await asyncio.to_thread(shared_bridge.exists)
     private = PrivateEngine()
     try:
         try:
@@ -54,6 +57,9 @@ async def engine() -> AsyncIterator[PrivateEngine]:
         yield private
     finally:
         await asyncio.to_thread(private.close)
+    # The shared engine is never touched: its default bridge is still there.
+    still = await asyncio.to_thread(shared_bridge.exists)
+    assert still or not had_bridge, "the private engine deleted the shared engine's docker0"
 
 
 async def wait_until(check: object, what: str, timeout: float = 90.0) -> None:

@@ -25,6 +25,7 @@ TIME_SCALE = float(os.environ.get("REFLOW_TEST_TIME_SCALE", "1"))
 TEST_SETTINGS = {
     "memory_mb": 64,
     "call_timeout": 2.0 * TIME_SCALE,
+    "start_timeout": 20.0 * TIME_SCALE,
     "max_processes": 16,
     "max_output_bytes": 256 * 1024,
     "tmp_size_mb": 8,

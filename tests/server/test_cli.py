@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -207,3 +209,74 @@ def test_check_config_warns_about_a_script_folder_that_does_not_exist(tmp_path: 
     assert "warning: scripts.folders[1]" in result.stderr
     assert str(tmp_path / "not-there") in result.stderr
     assert "folders[0]" not in result.stderr
+
+
+def _env_with(**variables: str) -> dict[str, str]:
+    """This process's environment without its MICROSANDBOX_* variables, plus ``variables``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MICROSANDBOX_")}
+    return {**env, **variables}
+
+
+def test_check_config_warns_of_an_unknown_variable_naming_the_key_it_probably_meant() -> None:
+    example = str(REPO / "microsandbox.example.yaml")
+    result = cli("check-config", example, env=_env_with(
+        MICROSANDBOX_POOL_PYTHON_MAX="7", MICROSANDBOX_ZZQX="1"))
+    assert result.returncode == 0 and result.stdout.startswith("ok: "), result.stderr
+    warnings = result.stderr.splitlines()
+    assert warnings == [
+        f"{example}: warning: unknown environment variable MICROSANDBOX_POOL_PYTHON_MAX is "
+        "ignored (it names no config key); did you mean "
+        "MICROSANDBOX_SANDBOX_POOL_PYTHON_MAX_INSTANCES (sandbox.pool.python.max_instances)?",
+        f"{example}: warning: unknown environment variable MICROSANDBOX_ZZQX is ignored "
+        "(it names no config key)",
+    ]
+    # And the override it meant really was not applied.
+    assert re.search(r"python \d+-7,", result.stdout) is None, result.stdout
+
+
+def test_check_config_is_silent_about_known_keys_and_the_deployment_helpers() -> None:
+    result = cli("check-config", str(REPO / "microsandbox.example.yaml"), env=_env_with(
+        MICROSANDBOX_SANDBOX_POOL_PYTHON_MAX_INSTANCES="7",
+        MICROSANDBOX_LB_PORT="8080",
+        MICROSANDBOX_DEPENDENCY_CACHE="/var/cache/microsandbox/functions",
+        MICROSANDBOX_HTTP_PORT="5555",
+        MICROSANDBOX_REPLICAS="2",
+    ))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert re.search(r"python \d+-7,", result.stdout), result.stdout  # the key applied
+
+
+def test_check_config_warns_of_unknown_variables_also_when_the_file_is_refused(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "microsandbox.yaml"
+    path.write_text("sandbox:\n  memory_mb: lots\n")
+    result = cli("check-config", str(path), env=_env_with(MICROSANDBOX_REDIS_ULR="redis://x"))
+    assert result.returncode == 2
+    assert "MICROSANDBOX_REDIS_ULR is ignored" in result.stderr
+    assert "did you mean MICROSANDBOX_REDIS_URL (redis.url)?" in result.stderr
+    assert "sandbox.memory_mb" in result.stderr
+
+
+def test_serve_logs_each_unknown_variable_at_start(tmp_path: Path) -> None:
+    """The server's own startup log carries the warning; here the start then fails on an
+    HTTP port already taken, so the server need not be stopped."""
+    config = tmp_path / "microsandbox.yaml"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config.write_text(yaml.safe_dump({
+            "server": {"http_port": taken.getsockname()[1]},
+            "state": {"sqlite_path": str(tmp_path / "state.db")},
+            "scripts": {"folders": [str(tmp_path)]},
+            "sandbox": {"pool": {"python": {"min_instances": 0},
+                                 "nodejs": {"min_instances": 0}}},
+        }))
+        result = cli("serve", "--config", str(config), env=_env_with(
+            MICROSANDBOX_POOL_PYTHON_MAX="4", MICROSANDBOX_LB_PORT="8080"))
+    assert result.returncode == 1, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "MICROSANDBOX_" in line]
+    assert "WARNING reflow_microsandbox.config: unknown environment variable " \
+           "MICROSANDBOX_POOL_PYTHON_MAX is ignored" in line
+    assert "did you mean MICROSANDBOX_SANDBOX_POOL_PYTHON_MAX_INSTANCES" in line

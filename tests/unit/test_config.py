@@ -96,3 +96,20 @@ def test_the_example_file_documents_every_key_with_its_default(repo_root: Path) 
     defaults = Config().model_dump()
     assert keys(example) == keys(defaults)
     assert parse_config(example) == Config()
+
+
+def test_unknown_variables_spares_every_key_and_each_helper_is_one_the_deploy_files_set() -> None:
+    """Every key's own variable is known (the list is the model's); each helper variable
+    is really set by a deployment file of the repository, so the list cannot hide typos
+    that nothing uses."""
+    from reflow_microsandbox.config_env import HELPER_VARIABLES, unknown_variables
+    from reflow_microsandbox.config_keys import keys
+
+    assert unknown_variables({key.env: "1" for key in keys()}) == []
+    assert unknown_variables(dict.fromkeys(HELPER_VARIABLES, "1")) == []
+    repo = Path(__file__).resolve().parents[2]
+    deploy_files = "".join((repo / name).read_text()
+                           for name in ("docker-compose.yml", "docker-stack.yml"))
+    assert [name for name in sorted(HELPER_VARIABLES) if name not in deploy_files] == []
+    (typo,) = unknown_variables({"MICROSANDBOX_SANDBOX_MEMORY": "512", "OTHER_X": "1"})
+    assert typo.suggestion is not None and typo.suggestion.name == "sandbox.memory_mb"

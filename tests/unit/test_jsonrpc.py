@@ -9,8 +9,9 @@ import pytest
 from pydantic import BaseModel, StrictInt, StrictStr
 
 from reflow_microsandbox import jsonrpc
+from reflow_microsandbox.dispatch import Dispatcher
 from reflow_microsandbox.errors import SandboxError
-from reflow_microsandbox.jsonrpc import Dispatcher, Request, RpcError
+from reflow_microsandbox.jsonrpc import Request, RpcError
 
 
 class EchoParams(BaseModel):

@@ -16,9 +16,10 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict
 
 from reflow_microsandbox import jsonrpc
+from reflow_microsandbox.dispatch import Dispatcher
 from reflow_microsandbox.errors import SandboxError
 from reflow_microsandbox.jsonlimits import MAX_MESSAGE_DEPTH, lone_surrogate, nesting_exceeds
-from reflow_microsandbox.jsonrpc import Dispatcher, Request, RpcError
+from reflow_microsandbox.jsonrpc import Request, RpcError
 
 # Text with the characters that matter to a JSON scanner, and lone surrogates.
 tricky_text = st.text(

@@ -55,7 +55,6 @@ log = logging.getLogger(__name__)
 _PROBED: set[object] = set()
 """Views (interpreter, bwrap argv, cgroup version) whose sandbox started in this process."""
 
-READY_TIMEOUT = 15.0
 _MEMORY_SIGNS = (
     "heap out of memory",
     "Reached heap limit",
@@ -137,7 +136,7 @@ class BubblewrapSandbox(Sandbox):
                 asyncio.to_thread(self._cgroup.add, [self._process.pid])
             )
         try:
-            await self._client.wait_ready(READY_TIMEOUT)
+            await self._client.wait_ready(self._backend.settings.start_timeout)
         finally:
             if joining is not None:
                 await joining
@@ -208,6 +207,11 @@ class BubblewrapSandbox(Sandbox):
                 await self.close()
             raise
         return self.metadata
+
+    def start_call(self, context: CallContext, events: EventSink) -> bool:
+        if self._client is None or self._closed:
+            return False
+        return self._client.start_call(context, events)
 
     async def call(
         self,

@@ -73,9 +73,13 @@ class CapturePump:
         """Deliver what the runner wrote to fd 1/2 before its last frame.
 
         Those bytes are already queued on the capture socket when the result
-        arrives (the runner wrote them first); they belong to the call.
+        arrives (the runner wrote them first); they belong to the call. They have also
+        been read already: the epoll round that reported the result reported the
+        capture socket too (or an earlier one did), and its reader callback
+        (:meth:`_on_readable`) ran in that round's I/O phase, while the call's coroutine
+        resumes from a future only after it. So no read here: almost every call writes
+        nothing raw, and an empty read is a syscall and an exception.
         """
-        self.read()
         if self._chunks or self._lock.locked():
             # Only then: the lock's acquire and release cost more than the rest of
             # a call's capture handling, and almost every call writes nothing raw.

@@ -66,7 +66,6 @@ RUNNER_COMMANDS: dict[Language, tuple[str, ...]] = {
         "exec node /opt/reflow/node_runner.js --fds 3,4 --end-marker=5",
     ),
 }
-READY_TIMEOUT = 20.0
 STDERR_TAIL = 2048
 MARKER_WAIT = 2.0  # longest wait for a call's end marker (a script may have closed fd 2)
 MARKER_MARGIN = 0.05  # the wait always ends this long before the call's own deadline
@@ -107,7 +106,7 @@ class DockerSandbox(Sandbox):
         self._transport = await open_attached_streams(
             self._launched.sock, runner, on_stderr=self._stderr
         )
-        await runner.wait_ready(READY_TIMEOUT)
+        await runner.wait_ready(self._backend.settings.start_timeout)
 
     @property
     def alive(self) -> bool:
