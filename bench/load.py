@@ -135,7 +135,15 @@ FLOODS: dict[str, tuple[str, Callable[[int], dict[str, Any]], int]] = {
         lambda n: {"how": ("memory", "loop", "flood")[n % 3]},
         1,
     ),
+    # Each kind of the storm alone (``--floods memory loop output``).
+    "memory bombs": ("abuser", lambda n: {"how": "memory"}, 1),
+    "endless loops": ("abuser", lambda n: {"how": "loop"}, 1),
+    "output floods": ("abuser", lambda n: {"how": "flood"}, 1),
 }
+DEFAULT_FLOODS = list(FLOODS)[:3]
+FLOOD_NAMES = {"fast": "fast calls, 64 connections", "slow": "2 s calls, 64 connections",
+               "storm": "storm (memory, loops, output)", "memory": "memory bombs",
+               "loop": "endless loops", "output": "output floods"}  # fmt: skip
 
 
 def _flood_child(url: str, name: str, seconds: float, pipe: Any) -> None:
@@ -222,12 +230,15 @@ async def fairness(deployment: Deployment, args: argparse.Namespace, rows: Rows)
         f"\nfairness: quiet actor echo at {rate:g} calls/s; each flood measured against the "
         f"quiet actor alone just before it, {seconds:g} s each; the flood from another process"
     )
+    node = deployment.nodes["a"].process
+    print(f"  (control plane pid {node.pid if node else '?'})", flush=True)
     quiet = [ActorInstance(deployment.url(), "echo", instance=f"quiet-{i}") for i in range(4)]
     calls = round_robin(quiet, lambda i: {"data": i})
     spawn = multiprocessing.get_context("spawn")
     try:
         await open_loop(rate, 2, calls)  # warm
-        for name in FLOODS:
+        names = [FLOOD_NAMES[n] for n in args.floods] if args.floods else DEFAULT_FLOODS
+        for name in names:
             alone = (await open_loop(rate, seconds, calls)).summary
             figure(rows, f"quiet actor alone (before {name})", brief(alone))
             receiver, sender = spawn.Pipe(duplex=False)
@@ -270,8 +281,14 @@ async def main(args: argparse.Namespace) -> None:
             pool["max_per_actor"] = args.max_per_actor
         if args.rate_per_actor is not None:
             pool["max_calls_per_second_per_actor"] = args.rate_per_actor
+        if args.crash_loop_threshold is not None:
+            pool["crash_loop_threshold"] = args.crash_loop_threshold
         if pool:
             changes.setdefault("sandbox", {})["pool"] = pool
+        if args.log_chars_per_actor is not None:
+            changes.setdefault("sandbox", {})["max_log_chars_per_second_per_actor"] = (
+                args.log_chars_per_actor
+            )
         if args.cpu_limit_per_actor:
             changes.setdefault("sandbox", {})["cpu_limit_per_actor"] = True
         deployment = Deployment(rendered, workdir / "deployment", changes=changes)
@@ -314,6 +331,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="sandbox.pool.max_calls_per_second_per_actor")  # fmt: skip
     parser.add_argument("--cpu-limit-per-actor", action="store_true",
                         help="sandbox.cpu_limit_per_actor: true")  # fmt: skip
+    parser.add_argument("--crash-loop-threshold", type=int, default=None,
+                        help="sandbox.pool.crash_loop_threshold (0: off)")  # fmt: skip
+    parser.add_argument("--log-chars-per-actor", type=int, default=None,
+                        help="sandbox.max_log_chars_per_second_per_actor (0: off)")  # fmt: skip
+    parser.add_argument("--floods", nargs="+", choices=sorted(FLOOD_NAMES), default=None,
+                        help="which floods, in order (default: fast slow storm)")  # fmt: skip
     return parser.parse_args(argv)
 
 

@@ -138,6 +138,34 @@ class PoolConfig(_Section):
         'pool_exhausted (data.reason "rate_limited") when they would wait longer than '
         "acquire_timeout. Bounds the share of the node one actor's flood of fast calls takes.",
     )
+    crash_loop_threshold: int = Field(
+        3,
+        ge=0,
+        le=1000,
+        description="Calls of one actor in a row that kill their sandbox (out of memory, crashed, "
+        "output_too_large) before its calls are refused for a while (0: never): they fail at "
+        "once with "
+        'pool_exhausted (data.reason "crash_loop") instead of costing a new sandbox each.',
+    )
+    crash_loop_backoff: float = Field(
+        1.0,
+        gt=0,
+        le=3600,
+        description="Seconds of the first crash-loop wait; it doubles with every further death "
+        "up to crash_loop_backoff_max, and a call that returns ends it.",
+    )
+    crash_loop_backoff_max: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Longest crash-loop wait, in seconds (at least crash_loop_backoff).",
+    )
+
+    @model_validator(mode="after")
+    def _backoff_within_max(self) -> PoolConfig:
+        if self.crash_loop_backoff > self.crash_loop_backoff_max:
+            raise ValueError("crash_loop_backoff must not exceed crash_loop_backoff_max")
+        return self
 
     def for_language(self, language: Language) -> PoolLanguageConfig:
         return self.python if language == "python" else self.nodejs
@@ -198,6 +226,16 @@ class SandboxConfig(_Section):
         ge=1024,
         description="Cap on what one call may output (returned outputs, pushes and logs "
         "together), bytes.",
+    )
+    max_log_chars_per_second_per_actor: int = Field(
+        256 * 1024,
+        ge=0,
+        le=1024 * 1024 * 1024,
+        description="Characters of log text (prints, raw writes to stdout/stderr, context.log) "
+        "of one actor relayed to clients as log events per second, a second's worth at once "
+        "(0: no budget). Lines over it are dropped, with one warning event per call saying so "
+        "and microsandbox_log_dropped_characters counting them; they still count against "
+        "max_output_bytes. Bounds the share of the node one actor's output flood takes.",
     )
     package_dirs: list[str] = Field(
         default_factory=list,

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_v
 from .dispatch import Dispatcher
 from .errors import CallError, RegistryError
 from .jsonrpc import RpcError
+from .logbudget import LogBudget
 from .metrics import Metrics
 from .pool import SandboxPool
 from .registry import LANGUAGE_NAMES, ActorInfo, ActorRegistry, language_named
@@ -104,14 +105,43 @@ class UnloadParams(_Params):
 # -- event sinks ---------------------------------------------------------------------------
 
 
+class _LogGate:
+    """One call's share of its actor's :class:`~.logbudget.LogBudget`: says which log
+    lines pass, counts the dropped ones, and gives the one warning line per call."""
+
+    __slots__ = ("_budget", "_key", "_metrics", "warned")
+
+    def __init__(self, budget: LogBudget, key: str, metrics: Metrics) -> None:
+        self._budget = budget
+        self._key = key
+        self._metrics = metrics
+        self.warned = False
+
+    def passes(self, message: str) -> bool:
+        if self._budget.take(self._key, len(message), time.monotonic()):
+            return True
+        self._metrics.log_characters_dropped(len(message))
+        return False
+
+    def warning(self) -> str:
+        self.warned = True
+        return (
+            f"log output over this actor's budget of {self._budget.rate:g} characters/s "
+            "(sandbox.max_log_chars_per_second_per_actor): lines of this call are dropped "
+            "while it lasts"
+        )
+
+
 class _PushSink:
-    """Streams outputs and logs to the caller as ``output`` / ``log`` notifications."""
+    """Streams outputs and logs to the caller as ``output`` / ``log`` notifications;
+    log lines only within the actor's budget (``gate``; None: all)."""
 
-    __slots__ = ("_actor_id", "_push")
+    __slots__ = ("_actor_id", "_gate", "_push")
 
-    def __init__(self, actor_id: str, push: Push) -> None:
+    def __init__(self, actor_id: str, push: Push, gate: _LogGate | None = None) -> None:
         self._actor_id = actor_id
         self._push = push
+        self._gate = gate
 
     async def output(self, port: str, data: JSON) -> None:
         await self._push(
@@ -125,6 +155,11 @@ class _PushSink:
         )
 
     async def log(self, level: str, message: str) -> None:
+        gate = self._gate
+        if gate is not None and not gate.passes(message):
+            if not gate.warned:
+                await self._push("log", f"[{self._actor_id}] warn: {gate.warning()}")
+            return
         await self._push("log", f"[{self._actor_id}] {level}: {message}")
 
 
@@ -201,11 +236,14 @@ class Api:
         store: StateStore,
         pool: SandboxPool,
         metrics: Metrics,
+        log_budget: LogBudget | None = None,
     ) -> None:
+        """``log_budget``: log text relayed per actor (None: all of it)."""
         self._registry = registry
         self._store = store
         self._pool = pool
         self._metrics = metrics
+        self._log_budget = log_budget
 
     def register(self, dispatcher: Dispatcher[CallScope]) -> None:
         dispatcher.register("process", ProcessParams, self.process)
@@ -255,7 +293,9 @@ class Api:
         if scope.push is None:
             sink = collect = _CollectSink()
         else:
-            sink = _PushSink(params.actor_id, scope.push)
+            budget = self._log_budget
+            gate = None if budget is None else _LogGate(budget, source.key, self._metrics)
+            sink = _PushSink(params.actor_id, scope.push, gate)
         tx = self._store.transaction(namespace, state_actor)
         started = time.perf_counter()
         try:

@@ -123,6 +123,12 @@ class Metrics:
         self.state_errors = Counter(
             "microsandbox_state_errors", "State operations that failed", registry=r
         )
+        self.log_dropped = Counter(
+            "microsandbox_log_dropped_characters",
+            "Characters of log text not relayed to clients: over the actor's "
+            "sandbox.max_log_chars_per_second_per_actor",
+            registry=r,
+        )
         self.limits_enforced = Gauge(
             "microsandbox_sandbox_limits_enforced",
             "1 when a sandbox limit is enforced by this mechanism, 0 when nothing enforces it"
@@ -192,6 +198,9 @@ class Metrics:
         if child is None:
             child = self._acquire_children[language] = self.acquire_wait.labels(language)
         child.observe(seconds)
+
+    def log_characters_dropped(self, count: int) -> None:
+        self.log_dropped.inc(count)
 
     def stray_frames_dropped(self, language: Language, count: int) -> None:
         self.stray_frames.labels(language).inc(count)

@@ -26,6 +26,11 @@ take; past ``acquire_timeout`` of pacing they are refused (``rate_limited``). CP
 each of an actor's ``k`` sandboxes gets ``1/k`` of a sandbox's CPU weight
 (``Sandbox.set_cpu_share``: cgroup ``cpu.shares`` / ``cpu.weight``), so under
 contention an actor running many sandboxes weighs as much as one running one.
+Crash loops (``crash_loop_threshold``, :mod:`.crashloop`): after that many calls of an
+actor in a row killed their sandbox (``CRASH_KINDS``), its calls are refused at once
+(``pool_exhausted``, ``data.reason`` ``crash_loop``, ``data.retry_after`` seconds) for a
+wait that doubles with each further death up to ``crash_loop_backoff_max``, so the node
+stops paying a cold start per call for it; a call that returns ends it.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from .config import SandboxConfig
+from .crashloop import CrashLoop
 from .errors import CallError, PoolError, SandboxError
 from .pacing import Pacer
 from .sandbox.base import Backend, Sandbox
@@ -55,6 +61,12 @@ CPU until every one misses the backend's start timeout on a small or slow host; 
 call that finds no warm sandbox still starts its own at once."""
 
 SandboxState = Literal["warm", "busy", "idle"]
+
+CRASH_KINDS = frozenset({"memory", "crashed", "output_too_large"})
+"""Call errors that mean the actor's call killed its sandbox, which crash-loop backoff
+counts: out of memory, the runner died, output over ``max_output_bytes``. Not
+``timeout``: a slow dependency outside makes a healthy actor time out, and its calls
+already paid their time."""
 
 
 class PoolObserver(Protocol):
@@ -191,6 +203,13 @@ class SandboxPool:
             if pool.max_calls_per_second_per_actor > 0
             else None
         )
+        self._crash_loop = (
+            CrashLoop(
+                pool.crash_loop_threshold, pool.crash_loop_backoff, pool.crash_loop_backoff_max
+            )
+            if pool.crash_loop_threshold > 0
+            else None
+        )
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -273,6 +292,26 @@ class SandboxPool:
         """
         if self._pacer is not None:
             await self._pace(actor, self._pacer)
+        crash_loop = self._crash_loop
+        if crash_loop is None:
+            return await self._run(actor, context, state, events, timeout)
+        # After pacing: refusals are paced too, so that a client retrying them at once
+        # does not turn into a flood of fast calls beyond the actor's rate.
+        if not self._refuse_if_crash_looping(actor, crash_loop):
+            return await self._run(actor, context, state, events, timeout)
+        try:  # the probe call after a crash-loop wait
+            return await self._run(actor, context, state, events, timeout)
+        finally:
+            crash_loop.ended(actor.key)
+
+    async def _run(
+        self,
+        actor: ActorSource,
+        context: CallContext,
+        state: StateHandler,
+        events: EventSink,
+        timeout: float | None,
+    ) -> dict[str, JSON]:
         member = await self._acquire(actor, context, events)
         member.started = False  # call() below waits for a call start_call() sent
         limit = self._settings.call_timeout
@@ -285,6 +324,7 @@ class SandboxPool:
                 member.discard_reason = error.kind
             elif not member.sandbox.alive:
                 member.discard_reason = _retire_label(member.sandbox)
+            self._count_death(actor, error, member)
             self._release(member)
             raise
         except BaseException:
@@ -292,6 +332,8 @@ class SandboxPool:
             member.discard_reason = "cancelled"
             self._release(member)
             raise
+        if self._crash_loop is not None and member.sandbox.alive:
+            self._crash_loop.healthy(actor.key)
         self._release(member)
         return outputs
 
@@ -352,6 +394,46 @@ class SandboxPool:
             )
         if delay > 0:
             await asyncio.sleep(delay)
+
+    def _refuse_if_crash_looping(self, actor: ActorSource, crash_loop: CrashLoop) -> bool:
+        """Refuse the call at once while the actor backs off after its sandboxes died,
+        or while the one call let through after the wait runs; returns whether this
+        call is that one (the probe)."""
+        now = time.monotonic()
+        admitted, probe = crash_loop.admit(actor.key, now)
+        if admitted:
+            return probe
+        wait, deaths = crash_loop.waiting(actor.key, now)
+        if wait <= 0:
+            raise PoolError(
+                "pool_exhausted",
+                f"actor {actor.key!r} is in a crash loop: its last {deaths} calls killed "
+                f"their sandbox (out of memory, crashed or output_too_large); one call "
+                "runs to see whether it still does, and others are refused at once until it ends",
+                details={"reason": "crash_loop", "retry_after": 0.0},
+            )
+        raise PoolError(
+            "pool_exhausted",
+            f"actor {actor.key!r} is in a crash loop: its last {deaths} calls killed their "
+            f"sandbox (out of memory, crashed or output_too_large); no sandbox is started "
+            f"for it for another {wait:.1f} s (crash_loop_backoff): the call was refused at once",
+            details={"reason": "crash_loop", "retry_after": round(wait, 3)},
+        )
+
+    def _count_death(self, actor: ActorSource, error: CallError, member: _Bound) -> None:
+        """Feed the crash-loop state: a sandbox killed by its call (``memory``,
+        ``crashed``) counts; a call whose sandbox lives on forgets the deaths."""
+        if self._crash_loop is None:
+            return
+        if error.kind in CRASH_KINDS:
+            wait = self._crash_loop.died(actor.key, time.monotonic())
+            if wait > 0:
+                log.warning(
+                    "actor %s: its sandboxes keep dying (%s); its calls are refused for %.1f s",
+                    actor.key, error.kind, wait,
+                )  # fmt: skip
+        elif member.discard_reason is None and member.sandbox.alive:
+            self._crash_loop.healthy(actor.key)
 
     def _group_for(self, actor: ActorSource) -> _ActorGroup:
         group = self._groups.get(actor.key)

@@ -19,6 +19,7 @@ from .config import Config
 from .dispatch import Dispatcher
 from .functions.http_api import FunctionRoutes
 from .functions.setup import build_function_service
+from .logbudget import LogBudget
 from .methods import Api, CallScope
 from .metrics import Metrics
 from .pool import SandboxPool
@@ -60,7 +61,11 @@ class Server:
         self.pool = SandboxPool(self.backend, config.sandbox, self.metrics)
         self.metrics.attach_pool(self.pool.snapshot)
         self.dispatcher: Dispatcher[CallScope] = Dispatcher(self.metrics.rpc_answered)
-        Api(self.registry, self.store, self.pool, self.metrics).register(self.dispatcher)
+        log_rate = config.sandbox.max_log_chars_per_second_per_actor
+        log_budget = LogBudget(log_rate, log_rate) if log_rate > 0 else None
+        Api(self.registry, self.store, self.pool, self.metrics, log_budget).register(
+            self.dispatcher
+        )
         auth = TokenAuth(config.auth.tokens)
         self.functions = build_function_service(config, self.store, self.pool, self.metrics)
         self._ws = WsTransport(

@@ -32,6 +32,7 @@ PoolFactory = Callable[..., "AsyncIterator[SandboxPool]"]
 def settings(**overrides: Any) -> SandboxConfig:
     pool_keys = {"acquire_timeout", "max_per_actor", "max_queued_per_actor", "idle_timeout"}
     pool_keys |= {"max_calls", "max_calls_per_second_per_actor"}
+    pool_keys |= {"crash_loop_threshold", "crash_loop_backoff", "crash_loop_backoff_max"}
     pool_args = {k: overrides.pop(k) for k in list(overrides) if k in pool_keys}
     python = PoolLanguageConfig(
         min_instances=overrides.pop("python_min", 1), max_instances=overrides.pop("python_max", 4)
