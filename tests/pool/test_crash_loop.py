@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 
 from reflow_microsandbox.errors import PoolError, SandboxError
+from tests.null_handlers import NoEvents, NoState
 
 from . import test_scheduling
 from .conftest import context, python_actor
-from .test_scheduling import A, B, Events, Make, NoState, run
+from .test_scheduling import A, B, Make, run
 
 make = test_scheduling.make  # the fixture: a pool over the in-memory backend
 
@@ -97,7 +98,7 @@ async def test_real_out_of_memory_kills_put_the_actor_in_a_crash_loop(make_pool:
                            crash_loop_backoff_max=600.0)  # fmt: skip
 
     async def call(who: Any) -> dict[str, Any]:
-        return await pool.execute(who, context(who), NoState(), Events())
+        return await pool.execute(who, context(who), NoState(), NoEvents())
 
     for _ in range(2):
         with pytest.raises(SandboxError) as raised:

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from reflow_microsandbox.errors import CallError, PoolError, SandboxError
 from reflow_microsandbox.pool import WARMING_AT_ONCE, SandboxPool
 from reflow_microsandbox.vocabulary import ActorSource, CallContext, Language
+from tests.null_handlers import NoEvents, NoState
 
 from .conftest import settings as pool_settings
 from .fake_backend import FakeBackend
@@ -48,28 +49,6 @@ class Recorder:
         pass
 
 
-class Events:
-    async def output(self, port: str, data: Any) -> None:
-        pass
-
-    async def log(self, level: str, message: str) -> None:
-        pass
-
-
-class NoState:
-    async def get(self, key: str, default: Any = None) -> Any:
-        return default
-
-    async def set(self, key: str, value: Any) -> None:
-        pass
-
-    async def delete(self, key: str) -> None:
-        pass
-
-    async def increment(self, key: str, by: int | float = 1) -> int | float:
-        return by
-
-
 def actor(name: str, source: str = "ok", language: Language = "python") -> ActorSource:
     return ActorSource(name=name, namespace="default", language=language, source=source)
 
@@ -79,7 +58,7 @@ A, B, C = actor("a"), actor("b"), actor("c")
 
 async def run(pool: SandboxPool, who: ActorSource, **payload: Any) -> dict[str, Any]:
     context = CallContext(actor_id=who.name, namespace=who.namespace, payload=payload)
-    return await pool.execute(who, context, NoState(), Events())
+    return await pool.execute(who, context, NoState(), NoEvents())
 
 
 async def until(condition: Callable[[], bool], what: str) -> None:
@@ -215,7 +194,7 @@ async def test_a_script_error_keeps_the_sandbox_and_a_crash_or_timeout_replaces_
     second = (await run(pool, A))["sandbox"]
     assert second != first
     with pytest.raises(SandboxError) as timed_out:
-        await pool.execute(A, CallContext("a", "default", {"gate": "never"}), NoState(), Events(),
+        await pool.execute(A, CallContext("a", "default", {"gate": "never"}), NoState(), NoEvents(),
                            timeout=0.05)
     assert timed_out.value.kind == "timeout"
     assert (await run(pool, A))["sandbox"] not in (first, second)

@@ -20,30 +20,9 @@ from reflow_microsandbox.errors import SandboxError
 from reflow_microsandbox.sandbox.frames import FrameDecoder, encode_frame
 from reflow_microsandbox.sandbox.runner_client import RunnerClient
 from reflow_microsandbox.vocabulary import ActorSource, CallContext
+from tests.null_handlers import NoEvents, NoState
 
 ACTOR = ActorSource("a", "ns", "python", "def process(context): pass")
-
-
-class _NoState:
-    async def get(self, key: str, default: Any = None) -> Any:
-        return default
-
-    async def set(self, key: str, value: Any) -> None:
-        pass
-
-    async def delete(self, key: str) -> None:
-        pass
-
-    async def increment(self, key: str, by: int | float = 1) -> int | float:
-        return by
-
-
-class _NoEvents:
-    async def output(self, port: str, data: Any) -> None:
-        pass
-
-    async def log(self, level: str, message: str) -> None:
-        pass
 
 
 class ScriptedRunner:
@@ -89,7 +68,7 @@ async def client() -> AsyncIterator[RunnerClient]:
 
 async def call(client: RunnerClient, answer: bool, timeout: float) -> dict[str, Any]:
     context = CallContext("a", "ns", payload={"answer": answer})
-    return await client.call(context, _NoState(), _NoEvents(), timeout=timeout)
+    return await client.call(context, NoState(), NoEvents(), timeout=timeout)
 
 
 async def test_a_short_limit_after_long_ones_still_times_out_on_time(
@@ -136,16 +115,16 @@ async def test_a_call_started_ahead_is_answered_to_the_call_that_awaits_it(
     """The pool sends a waiting call's frame as it hands the sandbox over
     (``start_call``); the call's own ``call()`` then waits for that answer."""
     context = CallContext("a", "ns", payload={"answer": True})
-    assert client.start_call(context, _NoEvents())
-    assert not client.start_call(CallContext("a", "ns"), _NoEvents())  # one at a time
+    assert client.start_call(context, NoEvents())
+    assert not client.start_call(CallContext("a", "ns"), NoEvents())  # one at a time
     await asyncio.sleep(0.05)  # the answer may well arrive before call() is awaited
-    assert await client.call(context, _NoState(), _NoEvents(), timeout=5) == {"ok": 1}
+    assert await client.call(context, NoState(), NoEvents(), timeout=5) == {"ok": 1}
     assert await call(client, answer=True, timeout=5) == {"ok": 1}  # and it goes on
 
 
 async def test_a_call_started_ahead_keeps_its_time_limit(client: RunnerClient) -> None:
     context = CallContext("a", "ns", payload={"answer": False})
-    assert client.start_call(context, _NoEvents())
+    assert client.start_call(context, NoEvents())
     with pytest.raises(SandboxError) as caught:
-        await client.call(context, _NoState(), _NoEvents(), timeout=0.2)
+        await client.call(context, NoState(), NoEvents(), timeout=0.2)
     assert caught.value.kind == "timeout"
